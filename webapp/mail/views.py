@@ -1,0 +1,16 @@
+"""The Mail area (/mail)."""
+from __future__ import annotations
+
+from flask import Blueprint
+from flask_login import login_required
+
+from webapp.placeholder import coming_soon
+
+bp = Blueprint("mail", __name__, url_prefix="/mail")
+
+
+@bp.route("/")
+@login_required
+def mail_index():
+    """The Mail start page."""
+    return coming_soon("Mail", "Your folders and messages will appear here once the webmail lands.")

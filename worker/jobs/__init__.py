@@ -1,0 +1,1 @@
+"""RQ jobs. Each takes ids, reloads and re-checks state, and is safe to run twice."""
