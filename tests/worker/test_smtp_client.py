@@ -1,0 +1,282 @@
+"""worker.smtp against a real aiosmtpd: delivery, TLS verification, and every error class."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.fixtures.smtpserver import DROP_CONNECTION, RunningSmtpServer
+from webapp.services.compose import as_bytes, build_message, make_message_id
+from worker.smtp import SmtpConnection, SmtpError, tls_context
+from worker.smtp import test_connection as check_smtp_settings
+
+USER, PASSWORD = "sender@example.com", "right-password"
+StartServer = Callable[..., RunningSmtpServer]
+
+
+def make_raw(subject: str = "Quarterly figures", text: str = "Hello,\n.a line that starts with a dot\n.\nBye\n") -> bytes:
+    """The bytes of a small message, built the way the send job builds them."""
+    msg = build_message(
+        from_addr=("Sender", USER), to=[("Ann", "ann@example.org")], cc=[], bcc=[],
+        subject=subject, text=text, message_id=make_message_id("example.com"),
+        in_reply_to=None, references=[], reply_to=None, sender=None,
+    )
+    return as_bytes(msg)
+
+
+def connect(server: RunningSmtpServer, **overrides: object) -> SmtpConnection:
+    """An unopened connection to the test server, signed in as USER unless overridden."""
+    options: dict = {"security": "none", "username": USER, "password": PASSWORD,
+                     "timeout": 5.0, "ca_bundle": server.ca_bundle, "local_hostname": "client.test"}
+    options.update(overrides)
+    return SmtpConnection(server.host, server.port, **options)
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[tuple[str, int]]:
+    """Not a server: a listening socket that never accepts, so no greeting ever comes.
+
+    A real server cannot be made to hang before its greeting; the kernel completes the TCP
+    handshake from the backlog, which is exactly what a stuck server looks like to a client.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        yield listener.getsockname()
+
+
+def test_send_delivers_exact_bytes(smtp_server: StartServer) -> None:
+    """The server receives (after dot-unstuffing) exactly the bytes as_bytes() produced."""
+    server = smtp_server(auth=(USER, PASSWORD))
+    raw = make_raw()
+    with connect(server) as smtp:
+        outcome = smtp.send(USER, ["ann@example.org"], raw)
+    assert outcome.accepted == ["ann@example.org"]
+    assert outcome.refused == {}
+    assert outcome.reply_code == 250
+    [received] = server.messages
+    assert received.data == raw
+    assert received.mail_from == USER
+    assert received.rcpt_tos == ["ann@example.org"]
+    assert received.auth_login == USER
+    assert received.tls is False
+
+
+def test_several_messages_share_one_connection(smtp_server: StartServer) -> None:
+    """A batch goes through one session, including after a refused message."""
+    server = smtp_server(auth=(USER, PASSWORD), data_replies=["250 OK", "550 5.6.0 no thanks"])
+    raws = [make_raw(subject=f"Message {n}") for n in range(5)]
+    with connect(server) as smtp:
+        smtp.send(USER, ["a@example.org"], raws[0])
+        with pytest.raises(SmtpError):
+            smtp.send(USER, ["a@example.org"], raws[1])
+        for raw in raws[2:]:
+            smtp.send(USER, ["a@example.org", "b@example.org"], raw)
+    assert [m.data for m in server.messages] == raws
+    assert len({m.peer for m in server.messages}) == 1
+    assert server.messages[-1].rcpt_tos == ["a@example.org", "b@example.org"]
+
+
+def test_wrong_password_is_auth_error_with_advice(smtp_server: StartServer) -> None:
+    """535 means the stored login is wrong: say where to fix it, do not retry."""
+    server = smtp_server(auth=(USER, PASSWORD))
+    with pytest.raises(SmtpError) as caught:
+        connect(server, password="wrong").open()
+    error = caught.value
+    assert (error.kind, error.code, error.temporary) == ("auth", 535, False)
+    assert error.server_text == "5.7.8 Authentication credentials invalid"
+    assert error.user_message == ("The SMTP server rejected the username or password for this address. "
+                                  "Update them in Settings » Send Mail As.")
+
+
+def test_mail_without_login_when_server_requires_it(smtp_server: StartServer) -> None:
+    """530 at MAIL FROM: the account needs credentials."""
+    server = smtp_server(auth=(USER, PASSWORD))
+    with connect(server, username=None, password=None) as smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["ann@example.org"], make_raw())
+    assert (caught.value.kind, caught.value.code) == ("auth", 530)
+    assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "temporary"),
+    [
+        ("451 4.3.0 try later", "temporary", True),
+        ("421 4.3.2 service shutting down", "temporary", True),
+        ("454 4.7.0 temporary authentication failure", "temporary", True),
+        ("452 4.3.1 insufficient system storage", "temporary", True),
+        ("550 5.7.1 message looks like spam", "rejected", False),
+        ("552 5.3.4 message too big", "rejected", False),
+        ("554 5.7.1 relay access denied", "relay_denied", False),
+    ],
+)
+def test_data_reply_is_classified_then_retry_succeeds(
+    smtp_server: StartServer, reply: str, kind: str, temporary: bool
+) -> None:
+    """A refusal of the message keeps the server's words; a retry on a new session can succeed."""
+    server = smtp_server(auth=(USER, PASSWORD), data_replies=[reply, "250 OK"])
+    raw = make_raw()
+    with connect(server) as smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["ann@example.org"], raw)
+    code, _, text = reply.partition(" ")
+    assert (caught.value.kind, caught.value.code, caught.value.temporary) == (kind, int(code), temporary)
+    assert caught.value.server_text == text
+    assert text in caught.value.user_message
+    with connect(server) as smtp:
+        assert smtp.send(USER, ["ann@example.org"], raw).accepted == ["ann@example.org"]
+    assert [m.reply for m in server.messages] == [reply, "250 OK"]
+
+
+def test_partial_refusal_sends_to_the_rest_and_reports_each(smtp_server: StartServer) -> None:
+    """5xx recipients are reported as permanent, 4xx as retryable; the others get the message."""
+    server = smtp_server(auth=(USER, PASSWORD), rcpt_replies={
+        "bad@": "550 5.1.1 <bad@example.org>: Recipient address rejected: User unknown",
+        "busy@": ["450 4.2.1 mailbox busy, try later"],  # then accepted
+    })
+    raw = make_raw()
+    with connect(server) as smtp:
+        outcome = smtp.send(USER, ["good@example.org", "bad@example.org", "busy@example.org"], raw)
+        assert outcome.accepted == ["good@example.org"]
+        assert outcome.permanently_refused == ["bad@example.org"]
+        assert outcome.temporarily_refused == ["busy@example.org"]
+        assert outcome.refused["bad@example.org"].code == 550
+        assert outcome.refused["bad@example.org"].text == (
+            "5.1.1 <bad@example.org>: Recipient address rejected: User unknown")
+        retry = smtp.send(USER, outcome.temporarily_refused, raw)
+    assert retry.accepted == ["busy@example.org"] and retry.refused == {}
+    assert [m.rcpt_tos for m in server.messages] == [["good@example.org"], ["busy@example.org"]]
+
+
+@pytest.mark.parametrize(
+    ("replies", "kind", "temporary"),
+    [
+        (["550 5.1.1 no such user", "550 5.1.1 no such user"], "rejected", False),
+        (["554 5.7.1 <x@elsewhere.example>: Relay access denied", "450 4.2.0 later"], "relay_denied", False),
+        (["450 4.2.0 later", "451 4.3.0 later"], "temporary", True),
+    ],
+)
+def test_all_recipients_refused_raises(
+    smtp_server: StartServer, replies: list[str], kind: str, temporary: bool
+) -> None:
+    """Nobody accepted: an error (classified by the first permanent refusal), the session stays usable."""
+    server = smtp_server(auth=(USER, PASSWORD), rcpt_replies={"one@": replies[0], "two@": replies[1]})
+    with connect(server) as smtp:
+        with pytest.raises(SmtpError) as caught:
+            smtp.send(USER, ["one@example.org", "two@example.org"], make_raw())
+        assert (caught.value.kind, caught.value.temporary) == (kind, temporary)
+        assert sorted(caught.value.refused) == ["one@example.org", "two@example.org"]
+        assert smtp.send(USER, ["three@example.org"], make_raw()).accepted == ["three@example.org"]
+    assert [m.rcpt_tos for m in server.messages] == [["three@example.org"]]
+
+
+@pytest.mark.parametrize("script", [{"drop_after_data": True}, {"data_replies": [DROP_CONNECTION]}])
+def test_connection_lost_after_data_is_uncertain(smtp_server: StartServer, script: dict) -> None:
+    """RFC 1047: the server had the whole message and closed before replying; it may be delivered."""
+    server = smtp_server(auth=(USER, PASSWORD), **script)
+    smtp = connect(server)
+    with smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["ann@example.org"], make_raw())
+    assert caught.value.kind == "uncertain"
+    assert caught.value.temporary is False
+    assert not smtp.is_open
+    assert len(server.messages) == 1
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_verified_against_the_ca_bundle(smtp_server: StartServer, security: str) -> None:
+    """With the test CA as bundle the server's certificate verifies and the message goes over TLS."""
+    server = smtp_server(auth=(USER, PASSWORD), tls=security, require_starttls=security == "starttls")
+    raw = make_raw()
+    with connect(server, security=security) as smtp:
+        smtp.send(USER, ["ann@example.org"], raw)
+    assert server.messages[0].tls is True
+    assert server.messages[0].data == raw
+    assert server.messages[0].auth_login == USER
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+@pytest.mark.parametrize(
+    ("cert", "words"),
+    [
+        ("self_signed", "self-signed"),
+        ("expired", "has expired"),
+        ("wrong_host", "not valid for the name 127.0.0.1"),
+    ],
+)
+def test_bad_certificate_is_cert_invalid(smtp_server: StartServer, security: str, cert: str, words: str) -> None:
+    """A certificate that does not verify stops the connection, with a reason a user can read."""
+    server = smtp_server(auth=(USER, PASSWORD), tls=security, cert=cert)
+    with pytest.raises(SmtpError) as caught:
+        connect(server, security=security).open()
+    assert caught.value.kind == "cert_invalid"
+    assert words in caught.value.user_message
+    assert caught.value.temporary is False
+
+
+def test_private_ca_not_trusted_without_bundle(smtp_server: StartServer) -> None:
+    """Only system CAs: our test CA is unknown, so the login is never sent."""
+    server = smtp_server(auth=(USER, PASSWORD), tls="starttls")
+    with pytest.raises(SmtpError) as caught:
+        connect(server, security="starttls", ca_bundle=None).open()
+    assert caught.value.kind == "cert_invalid"
+    assert "not trusted" in caught.value.user_message
+
+
+def test_ssl_on_a_plain_port_is_tls_error(smtp_server: StartServer) -> None:
+    """Implicit TLS against a plain SMTP port fails in the handshake: a settings problem."""
+    server = smtp_server(auth=(USER, PASSWORD))
+    with pytest.raises(SmtpError) as caught:
+        connect(server, security="ssl").open()
+    assert (caught.value.kind, caught.value.temporary) == ("tls", False)
+    assert "465" in caught.value.user_message
+
+
+def test_starttls_not_offered_is_tls_error(smtp_server: StartServer) -> None:
+    """We never fall back to plain text when STARTTLS was asked for."""
+    server = smtp_server(auth=(USER, PASSWORD))
+    with pytest.raises(SmtpError) as caught:
+        connect(server, security="starttls").open()
+    assert caught.value.kind == "tls"
+
+
+def test_connection_refused_is_connect_error(unused_port: int) -> None:
+    """Nobody listening: a temporary connect error."""
+    with pytest.raises(SmtpError) as caught:
+        SmtpConnection("127.0.0.1", unused_port, security="none", timeout=2.0).open()
+    assert (caught.value.kind, caught.value.temporary) == ("connect", True)
+    assert f"127.0.0.1:{unused_port}" in caught.value.user_message
+
+
+def test_silent_server_is_timeout(silent_listener: tuple[str, int]) -> None:
+    """No greeting within the timeout: a temporary timeout error, not a hang."""
+    host, port = silent_listener
+    with pytest.raises(SmtpError) as caught:
+        SmtpConnection(host, port, security="none", timeout=0.3).open()
+    assert (caught.value.kind, caught.value.temporary) == ("timeout", True)
+
+
+def test_test_connection_checks_login(smtp_server: StartServer) -> None:
+    """The settings page's Test button: silent on success, classified error otherwise."""
+    server = smtp_server(auth=(USER, PASSWORD), tls="starttls")
+    settings = {"security": "starttls", "username": USER, "ca_bundle": server.ca_bundle, "timeout": 5.0}
+    check_smtp_settings(server.host, server.port, password=PASSWORD, **settings)
+    with pytest.raises(SmtpError) as caught:
+        check_smtp_settings(server.host, server.port, password="nope", **settings)
+    assert caught.value.kind == "auth"
+    assert server.messages == []
+
+
+def test_tls_context_is_built_once_per_bundle(smtp_server: StartServer) -> None:
+    """Building a context costs ~21 ms: one per bundle per process."""
+    server = smtp_server()
+    assert tls_context(server.ca_bundle) is tls_context(server.ca_bundle)
+    assert tls_context(None) is not tls_context(server.ca_bundle)
