@@ -164,7 +164,7 @@ def _certificate_error(exc: ssl.SSLCertVerificationError, host: str) -> PopError
             f"The security certificate of {host} has expired. The provider must renew it; "
             "until then the connection is not safe."
         )
-    elif code == 62:
+    elif code in (62, 64):  # 62: host name, 64: IP address mismatch
         message = (
             f"The server's certificate is not valid for the name {host}. Check the server "
             "name: use exactly the one your provider documents."
