@@ -26,6 +26,7 @@ from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from email.policy import compat32
 from email.utils import parsedate_to_datetime
+from urllib.parse import unquote
 
 import idna
 import nh3
@@ -532,35 +533,27 @@ def _encoded_payload(part: Message) -> bytes:
         except Exception:  # noqa: BLE001 - re-serializing a broken inner message may fail
             return b""
     if isinstance(payload, str):
+        # Only reached for transfer-encoded (ASCII) payloads and sizes; 8-bit bodies go through
+        # get_payload(decode=True), since get_payload() replaces their raw bytes.
         return payload.encode("utf-8", "surrogateescape")
     return payload or b""
 
 
 def _decode_payload(part: Message, defects: _Defects) -> bytes:
-    """Decode a leaf part's transfer encoding, tolerating broken base64 and quoted-printable."""
-    encoded = _encoded_payload(part)
-    if isinstance(part.get_payload(), list):
-        return encoded
-    if len(encoded) > MIME_MAX_PART_BYTES * 4 // 3 + 1024:
+    """Decode a leaf part's transfer encoding; broken base64 and quoted-printable decode what they can."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return _encoded_payload(part)
+    if len(payload or "") > MIME_MAX_PART_BYTES * 4 // 3 + 1024:
         defects.add(f"part larger than {MIME_MAX_PART_BYTES} bytes; not decoded")
         return b""
-    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-    if cte == "base64":
-        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", encoded)
-        compact = compact[: len(compact) - len(compact) % 4] if len(compact) % 4 == 1 else compact
-        compact += b"=" * (-len(compact) % 4)
-        try:
-            return base64.b64decode(compact)
-        except (binascii.Error, ValueError):
-            defects.add("broken base64")
-            return b""
-    if cte == "quoted-printable":
-        try:
-            return binascii.a2b_qp(encoded)
-        except (binascii.Error, ValueError):
-            defects.add("broken quoted-printable")
-            return encoded
-    return encoded
+    try:
+        # compat32 decodes leniently (lost padding, stray characters) and keeps 8-bit bytes as sent.
+        decoded = part.get_payload(decode=True)
+    except (ValueError, binascii.Error, UnicodeError):
+        defects.add("undecodable part")
+        return b""
+    return decoded if isinstance(decoded, bytes) else b""
 
 
 def _decoded_size(part: Message) -> int:
@@ -571,7 +564,10 @@ def _decoded_size(part: Message) -> int:
         data_chars = len(encoded) - sum(encoded.count(c) for c in (b"\r", b"\n", b" ", b"\t"))
         padding = encoded.rstrip()[-2:].count(b"=")
         return max(0, data_chars * 3 // 4 - padding)
-    return len(encoded)
+    if cte == "quoted-printable" or isinstance(part.get_payload(), list):
+        return len(encoded)  # an estimate: decoding every attachment to list it costs too much
+    decoded = part.get_payload(decode=True)
+    return len(decoded) if isinstance(decoded, bytes) else 0
 
 
 def _part_filename(part: Message, defects: _Defects) -> str | None:
@@ -679,7 +675,7 @@ def _fill_parsed(parsed: ParsedMessage, message: Message, defects: _Defects) -> 
                 continue
     if parsed.html:
         html_cids = {
-            cid.lower() for cid in re.findall(r"""(?i)cid:([^"'\s)>]+)""", parsed.html)
+            _unquote_cid(cid).lower() for cid in re.findall(r"""(?i)cid:([^"'\s)>]+)""", parsed.html)
         }
     for part_id, part in leaves:
         content_type = _content_type(part)
@@ -701,7 +697,7 @@ def _fill_parsed(parsed: ParsedMessage, message: Message, defects: _Defects) -> 
                 size=size,
                 content_id=content_id,
                 disposition=_disposition(part),
-                is_inline=bool(content_id) and _unquote_cid(content_id).lower() in html_cids,
+                is_inline=bool(content_id) and content_id.lower() in html_cids,
             )
         )
     # The text-only part of an HTML mail that lists text and html parts shown separately is fine;
@@ -741,8 +737,6 @@ def _safe_charset(part: Message) -> str | None:
 
 def _unquote_cid(value: str) -> str:
     """Undo URL quoting of a cid: reference (RFC 2392 allows %-escapes)."""
-    from urllib.parse import unquote
-
     return unquote(value)
 
 
