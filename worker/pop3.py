@@ -79,6 +79,10 @@ class PopError(Exception):
         self.server_text = server_text
         self.user_message = user_message
 
+    def __reduce__(self) -> tuple[type[PopError], tuple[str, str, str]]:
+        # Picklable with all its fields (job queues pickle exceptions).
+        return (PopError, (self.kind, self.user_message, self.server_text))
+
 
 @functools.lru_cache(maxsize=None)
 def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -516,6 +520,15 @@ def open_session(
     try:
         if security == "starttls":
             connection.stls(context=context)
+    except poplib.error_proto as exc:
+        # No CAPA, no STLS in it, or -ERR to STLS: never fall back to sending the password in clear.
+        session.close()
+        raise PopError(
+            "tls",
+            f"The server {host} does not offer STARTTLS on port {port}. Choose SSL (usually "
+            "port 995) instead.",
+            _decode(exc.args[0] if exc.args else ""),
+        ) from exc
     except Exception as exc:
         raise session._fail(exc) from exc
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import pytest
@@ -61,11 +62,19 @@ def test_login_and_retrieve_is_byte_exact(dovecot, pop_user, security):
         assert "PIPELINING" in session.capabilities()
 
 
-def test_line_longer_than_poplib_limit(dovecot, pop_user):
-    """A 10,000-byte line (HTML mail has them) comes back whole; poplib alone refuses it."""
+@pytest.mark.parametrize(
+    "long_line",
+    [
+        b"<p>" + b"x" * 9_993 + b"</p>\n",  # 10,000 bytes + LF: HTML mail has such lines
+        # Longer than one read chunk, with a dot right where the second chunk starts: a dot
+        # in mid-line is data, not byte-stuffing.
+        b"y" * 65_536 + b".not-stuffing" + b"z" * 100_000 + b"\n",
+    ],
+    ids=["10k", "165k-dot-at-chunk-edge"],
+)
+def test_line_longer_than_poplib_limit(dovecot, pop_user, long_line):
+    """A line far over poplib's 2,048-byte limit comes back whole; poplib alone refuses it."""
     user, password = pop_user
-    long_line = b"<p>" + b"x" * 9_993 + b"</p>\n"
-    assert len(long_line) == 10_001
     stored = [make_message(1, extra=long_line), make_message(2)]
     dovecot.seed(user, stored)
     with open_session(dovecot.host, dovecot.pop3_port, "none", user, password, timeout=10) as session:
@@ -335,6 +344,15 @@ def test_closed_session_refuses_further_commands(dovecot, pop_user):
     session.close()
     with pytest.raises(PopError):
         session.uidls()
+
+
+def test_pop_error_survives_pickling():
+    """Job queues pickle exceptions: every field must come back."""
+    error = PopError("in_use", "Another program is reading this mailbox.", "-ERR [IN-USE] locked")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.kind, copy.counts_as, copy.user_message, copy.server_text) == (
+        "in_use", None, error.user_message, "-ERR [IN-USE] locked",
+    )
 
 
 def test_tls_context_is_built_once_per_bundle(dovecot):
