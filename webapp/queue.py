@@ -62,8 +62,8 @@ def get_queue(name: str = "default", app=None) -> Queue:
 def enqueue_now(path: str, *args, queue: str = "default", retry: Retry | None = None,
                 job_timeout: int | None = None, job_id: str | None = None, **kwargs):
     """Enqueue a job by dotted path at once (use when nothing is waiting to commit)."""
-    return get_queue(queue).enqueue(path, *args, retry=retry, job_timeout=job_timeout,
-                                    job_id=job_id, kwargs=kwargs or None)
+    return get_queue(queue).enqueue(path, args=args, kwargs=kwargs, retry=retry,
+                                    job_timeout=job_timeout, job_id=job_id)
 
 
 def enqueue_after_commit(path: str, *args, queue: str = "default", retry: Retry | None = None,

@@ -53,8 +53,10 @@ def record_failure(conn: redis.Redis, limits: ThrottleLimits, email: str, ip: st
     """Count one failed login against every counter; each expires one window after it starts."""
     pipe = conn.pipeline()
     for key in _keys(email, ip).values():
+        # SET NX EX starts the window on the first failure; INCR keeps its TTL.
+        # (Not EXPIRE NX: the embedded Redis is 6.2, which lacks it.)
+        pipe.set(key, 0, nx=True, ex=limits.window)
         pipe.incr(key)
-        pipe.expire(key, limits.window, nx=True)
     pipe.execute()
 
 

