@@ -335,13 +335,18 @@ class _Pop3Connection(poplib.POP3):
 
 
 class PopSession:
-    """A logged-in POP3 session; every method raises only PopError. Use as a context manager."""
+    """A logged-in POP3 session; use it as a context manager.
+
+    Server and network failures raise only PopError. Sending another command while a
+    pipelined retrieve_many() is still being iterated is a programming error (RuntimeError).
+    """
 
     def __init__(self, connection: _Pop3Connection, host: str, port: int) -> None:
         self._connection: _Pop3Connection | None = connection
         self.host = host
         self.port = port
         self._capabilities: dict[str, list[str]] | None = None
+        self._pipelined_reads_pending = False
 
     def __enter__(self) -> PopSession:
         return self
@@ -355,6 +360,12 @@ class PopSession:
         self.close()
 
     def _live(self) -> _Pop3Connection:
+        if self._pipelined_reads_pending:
+            # A command now would read a RETR answer still in flight as its own reply.
+            raise RuntimeError(
+                "finish (or close) retrieve_many() before sending other commands; "
+                "to delete, collect the numbers and call delete_many() afterwards"
+            )
         if self._connection is None:
             raise PopError("protocol", "The connection to the mail server is already closed.")
         return self._connection
@@ -382,19 +393,17 @@ class PopSession:
 
     def stat(self) -> tuple[int, int]:
         """(message count, total octets) from STAT."""
+        connection = self._live()
         try:
-            return self._live().stat()
-        except PopError:
-            raise
+            return connection.stat()
         except Exception as exc:
             raise self._fail(exc) from exc
 
     def uidls(self) -> list[tuple[int, str]]:
         """Every (message number, UIDL) as the server lists them, duplicates included."""
+        connection = self._live()
         try:
-            _, lines, _ = self._live().uidl()
-        except PopError:
-            raise
+            _, lines, _ = connection.uidl()
         except Exception as exc:
             raise self._fail(exc) from exc
         result = []
@@ -406,10 +415,9 @@ class PopSession:
 
     def sizes(self) -> dict[int, int]:
         """Message number -> size in octets, from LIST."""
+        connection = self._live()
         try:
-            _, lines, _ = self._live().list()
-        except PopError:
-            raise
+            _, lines, _ = connection.list()
         except Exception as exc:
             raise self._fail(exc) from exc
         result = {}
@@ -425,8 +433,6 @@ class PopSession:
             connection._putcmd(f"RETR {int(num)}")
             connection._getresp()
             return connection.read_message()
-        except PopError:
-            raise
         except Exception as exc:
             raise self._fail(exc) from exc
 
@@ -440,6 +446,7 @@ class PopSession:
         connection = self._live()
         pending: deque[int] = deque()
         next_index = 0
+        self._pipelined_reads_pending = True
         try:
             while next_index < len(numbers) or pending:
                 # Refill the window in one write once half of it has been read.
@@ -453,11 +460,10 @@ class PopSession:
                 body = connection.read_message()
                 pending.popleft()
                 yield num, body
-        except PopError:
-            raise
         except Exception as exc:
             raise self._fail(exc) from exc
         finally:
+            self._pipelined_reads_pending = False
             # The caller stopped early or an error struck: answers still in flight would
             # desynchronize the next command, so give up on this connection.
             if pending:
@@ -465,12 +471,30 @@ class PopSession:
 
     def delete(self, num: int) -> None:
         """Mark a message for deletion; the server deletes it only when quit() succeeds."""
+        connection = self._live()
         try:
-            self._live().dele(int(num))
-        except PopError:
-            raise
+            connection.dele(int(num))
         except Exception as exc:
             raise self._fail(exc) from exc
+
+    def delete_many(self, nums: Iterable[int]) -> None:
+        """Mark many messages for deletion, pipelined when the server allows it."""
+        numbers = [int(n) for n in nums]
+        if "PIPELINING" not in self.capabilities():
+            for num in numbers:
+                self.delete(num)
+            return
+        connection = self._live()
+        try:
+            for start in range(0, len(numbers), PIPELINE_WINDOW):
+                batch = numbers[start : start + PIPELINE_WINDOW]
+                connection.send_raw(b"".join(b"DELE %d\r\n" % n for n in batch))
+                for _ in batch:
+                    connection._getresp()
+        except Exception as exc:
+            # Even a plain -ERR leaves later answers in flight: the connection cannot be reused.
+            self.close()
+            raise classify_error(exc, self.host, self.port) from exc
 
     def quit(self) -> None:
         """Send QUIT (which commits DELEs on the server) and close the connection."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import time
 
@@ -121,6 +122,34 @@ def test_delete_then_quit_removes(dovecot, pop_user):
     assert dovecot.count(user) == 1
 
 
+def test_delete_many_then_quit_removes(dovecot, pop_user):
+    """Pipelined DELEs (more than one window of them) take effect at QUIT."""
+    user, password = pop_user
+    dovecot.seed(user, [make_message(i, body_lines=0) for i in range(150)])
+    with open_session(dovecot.host, dovecot.pop3_port, "none", user, password, timeout=10) as session:
+        session.delete_many(range(1, 141))
+        assert session.stat()[0] == 10
+        session.quit()
+    assert dovecot.count(user) == 10
+
+
+def test_commands_during_pipelined_retrieval_are_refused(dovecot, pop_user):
+    """A DELE between pipelined RETRs would read a RETR answer as its own: refused loudly."""
+    user, password = pop_user
+    stored = [make_message(i) for i in range(3)]
+    dovecot.seed(user, stored)
+    with open_session(dovecot.host, dovecot.pop3_port, "none", user, password, timeout=10) as session:
+        retrieved = []
+        for number, body in session.retrieve_many([1, 2, 3]):
+            with pytest.raises(RuntimeError):
+                session.delete(number)
+            retrieved.append(body)
+        assert retrieved == [as_sent(m) for m in stored]
+        session.delete_many([1, 2, 3])
+        session.quit()
+    assert dovecot.count(user) == 0
+
+
 def test_delete_without_quit_removes_nothing(dovecot, pop_user):
     """Closing without QUIT (a crash) deletes nothing: the server forgets the DELEs."""
     user, password = pop_user
@@ -159,6 +188,20 @@ def test_wrong_credentials_are_an_auth_failure(dovecot, pop_user, wrong):
     assert (error.kind, error.counts_as) == ("auth", "auth")
     assert "[AUTH]" in error.server_text
     assert error.user_message.startswith("The server rejected the username or password.")
+
+
+def test_too_many_sessions_is_in_use_not_an_auth_failure(dovecot, pop_user):
+    """Dovecot's 11th session of one user and IP answers [IN-USE]: no auth failure counted."""
+    user, password = pop_user
+    with contextlib.ExitStack() as sessions:
+        for _ in range(10):  # Dovecot's default mail_max_userip_connections
+            sessions.enter_context(
+                open_session(dovecot.host, dovecot.pop3_port, "none", user, password, timeout=10)
+            )
+        with pytest.raises(PopError) as caught:
+            open_session(dovecot.host, dovecot.pop3_port, "none", user, password, timeout=10)
+    assert (caught.value.kind, caught.value.counts_as) == ("in_use", None)
+    assert "[IN-USE]" in caught.value.server_text
 
 
 @pytest.mark.parametrize(
