@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from email import policy
+from email.errors import HeaderParseError
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 
@@ -86,7 +87,11 @@ def parse_address_list(text: str, *, field: str = "To") -> list[tuple[str, str]]
     _reject_line_breaks(field, text)
     if not text.strip():
         return []
-    header = _header_registry(field, text)
+    try:
+        header = _header_registry("To", text)  # any address-list header name parses the same
+    except (IndexError, HeaderParseError) as error:
+        # Python 3.11's parser crashes on some malformed input (e.g. "carl@" at the end).
+        raise InvalidAddressError(text, "not a list of email addresses") from error
     result: list[tuple[str, str]] = []
     for address in header.addresses:
         valid = validated_address(field, address.display_name, address.addr_spec)
