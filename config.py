@@ -77,6 +77,12 @@ def _local_secrets(instance_path: Path) -> dict[str, str]:
     return generated
 
 
+def instance_path_from_env(environ: dict | None = None) -> str | None:
+    """SKYDESK_INSTANCE_PATH: where local state lives (default: the `instance` folder)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("SKYDESK_INSTANCE_PATH") or None
+
+
 def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -> dict:
     """Build the Flask config mapping from the environment (or the given mapping)."""
     environ = dict(os.environ if environ is None else environ)

@@ -7,15 +7,15 @@ from pathlib import Path
 from flask import Flask, render_template
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import load_config
+from config import instance_path_from_env, load_config
 
 
 def create_app(config: dict | None = None, environ: dict | None = None) -> Flask:
     """Create the app: settings, extensions, blueprints (admin too) and the CLI."""
     app = Flask(__name__, instance_relative_config=True)
-    instance = Path(config.get("INSTANCE_PATH")) if config and config.get("INSTANCE_PATH") else None
-    if instance is not None:
-        app.instance_path = str(instance)
+    instance = (config or {}).get("INSTANCE_PATH") or instance_path_from_env(environ)
+    if instance:
+        app.instance_path = str(Path(instance).resolve())
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config.from_mapping(load_config(app.instance_path, environ))
     if config:
