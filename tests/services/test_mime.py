@@ -439,3 +439,18 @@ def test_random_mutations_never_raise():
         assert isinstance(parsed.envelope.subject, str), round_number
         for part in parsed.parts[:3]:
             assert mime.get_part(raw, part.part_id) is not None
+
+
+def test_boundary_words_in_body_text_do_not_cut_the_body():
+    """Only Content-Type parameters declare boundaries: prose about MIME must be read whole."""
+    body = "".join(f"line {n}: Content-Type: multipart/mixed; boundary=b{n}\r\n" for n in range(80)) + "the end\r\n"
+    parsed = mime.parse_message(b"Subject: mime lesson\r\nContent-Type: text/plain\r\n\r\n" + body.encode())
+    assert parsed.text.rstrip().endswith("the end")
+    assert parsed.defects == ["missing Message-ID"]
+
+
+def test_boundary_mentions_in_headers_keep_the_header_block():
+    headers = "".join(f"X-Note-{n}: boundary=q{n}\r\n" for n in range(80))
+    raw = f"Subject: noisy\r\nMessage-ID: <n@x.y>\r\n{headers}\r\nbody text\r\n".encode()
+    parsed = mime.parse_message(raw)
+    assert parsed.envelope.subject == "noisy" and parsed.text.strip() == "body text"

@@ -10,7 +10,6 @@ an IDNA domain (``xn--`` labels) decoded to its Unicode form in NFC (``a@xn--mll
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import codecs
 import dataclasses
@@ -37,7 +36,7 @@ MIME_MAX_ENCODED_WORDS = 100
 MIME_MAX_HEADER_VALUE_CHARS = 64 * 1024
 MIME_MAX_ADDRESSES_PER_HEADER = 500
 MIME_MAX_REFERENCES = 100
-MIME_MAX_DEFECTS = 50
+MIME_MAX_DEFECTS = 20
 MIME_MAX_DEPTH = 32
 MIME_MAX_PARTS = 500
 MIME_MAX_PART_BYTES = 25 * 1024 * 1024
@@ -54,7 +53,7 @@ ADDRESS_ROLES = ("from", "sender", "reply-to", "to", "cc", "bcc")
 _EARLIEST_DATE = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _FUTURE_TOLERANCE = dt.timedelta(days=7)
 
-_ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=".decode())
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=")
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])")
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -458,18 +457,20 @@ def _bound_structure(raw: bytes, defects: _Defects) -> bytes:
     if raw.startswith(b"--"):
         events.append((0, 1))
     events.sort()
+    header_end_match = _HEADER_END.search(raw)
+    header_end = header_end_match.end() if header_end_match else len(raw)
     open_boundaries: list[bytes] = []
     part_count = 0
     last_delimiter_start = 0
     for position, kind in events:
         if kind == 0:
             declaration = _DECLARATION.match(raw, position)
-            if declaration is None:
-                continue
+            if declaration is None or not _in_content_type_header(lowered, position):
+                continue  # "boundary=" in body text declares nothing
             open_boundaries.append((declaration.group(1) or declaration.group(2) or b"").strip())
             if len(open_boundaries) > MIME_MAX_DEPTH:
                 defects.add(f"multipart nested deeper than {MIME_MAX_DEPTH}; inner parts dropped")
-                return raw[:last_delimiter_start]
+                return raw[: max(last_delimiter_start, header_end)]
             continue
         line_end = raw.find(b"\n", position)
         delimiter = raw[position + 2 : line_end if line_end >= 0 else len(raw)].rstrip(b" \t\r")
@@ -483,6 +484,14 @@ def _bound_structure(raw: bytes, defects: _Defects) -> bytes:
         elif delimiter.endswith(b"--") and delimiter[:-2] in open_boundaries:
             del open_boundaries[open_boundaries.index(delimiter[:-2]):]
     return raw
+
+
+def _in_content_type_header(lowered: bytes, position: int) -> bool:
+    """Tell whether the parameter at `position` sits in a Content-Type header (folded lines included)."""
+    header_start = lowered.rfind(b"content-type:", max(0, position - 4096), position)
+    if header_start < 0 or (header_start > 0 and lowered[header_start - 1 : header_start] != b"\n"):
+        return False
+    return _HEADER_END.search(lowered, header_start, position) is None
 
 
 def _parse_full(raw: bytes, defects: _Defects) -> Message:
