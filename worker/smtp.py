@@ -48,6 +48,15 @@ class SmtpError(Exception):
         # permanent refusal, or "temporary" when all of them were 4xx).
         self.refused: dict[str, RecipientRefusal] = refused or {}
 
+    def __reduce__(self) -> tuple:
+        # Keyword-only arguments: the default Exception pickling (used by job queues) would fail.
+        return (_rebuild_smtp_error, (self.kind, self.user_message, self.code, self.server_text, self.refused))
+
+
+def _rebuild_smtp_error(kind: ErrorKind, user_message: str, code: int | None, server_text: str,
+                        refused: dict[str, RecipientRefusal]) -> SmtpError:
+    return SmtpError(kind, user_message, code=code, server_text=server_text, refused=refused)
+
 
 @dataclasses.dataclass(frozen=True)
 class RecipientRefusal:
@@ -301,6 +310,9 @@ class SmtpConnection:
             refused: dict[str, RecipientRefusal] = {}
             for recipient in recipients:
                 code, text = client.rcpt(recipient)
+                if code == 421:  # the server is closing the session: nothing more will be accepted
+                    self._abandon()
+                    raise _error_from_reply(code, text, "RCPT")
                 if code in (250, 251):
                     accepted.append(recipient)
                 else:

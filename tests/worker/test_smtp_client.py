@@ -1,6 +1,7 @@
 """worker.smtp against a real aiosmtpd: delivery, TLS verification, and every error class."""
 from __future__ import annotations
 
+import pickle
 import socket
 from collections.abc import Callable, Iterator
 
@@ -8,7 +9,7 @@ import pytest
 
 from tests.fixtures.smtpserver import DROP_CONNECTION, RunningSmtpServer
 from webapp.services.compose import as_bytes, build_message, make_message_id
-from worker.smtp import SmtpConnection, SmtpError, tls_context
+from worker.smtp import RecipientRefusal, SmtpConnection, SmtpError, tls_context
 from worker.smtp import test_connection as check_smtp_settings
 
 USER, PASSWORD = "sender@example.com", "right-password"
@@ -280,3 +281,38 @@ def test_tls_context_is_built_once_per_bundle(smtp_server: StartServer) -> None:
     server = smtp_server()
     assert tls_context(server.ca_bundle) is tls_context(server.ca_bundle)
     assert tls_context(None) is not tls_context(server.ca_bundle)
+
+
+def test_no_reply_to_data_within_timeout_is_uncertain(smtp_server: StartServer) -> None:
+    """A reply slower than our timeout after the whole message was sent: it may be delivered."""
+    server = smtp_server(data_delay=1.0)
+    with connect(server, username=None, timeout=0.3) as smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["ann@example.org"], make_raw())
+    assert caught.value.kind == "uncertain"
+
+
+def test_server_closing_during_rcpt_is_temporary(smtp_server: StartServer) -> None:
+    """421 means the server is going away: retry the whole message later."""
+    server = smtp_server(rcpt_replies={"two@": "421 4.7.0 too many errors, closing"})
+    with connect(server, username=None) as smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["one@example.org", "two@example.org"], make_raw())
+    assert (caught.value.kind, caught.value.code, caught.value.temporary) == ("temporary", 421, True)
+    assert not smtp.is_open
+    assert server.messages == []
+
+
+def test_plain_session_on_a_server_that_requires_starttls(smtp_server: StartServer) -> None:
+    """530 "Must issue a STARTTLS command first": the security setting is wrong, not the login."""
+    server = smtp_server(tls="starttls", require_starttls=True)
+    with connect(server, username=None) as smtp, pytest.raises(SmtpError) as caught:
+        smtp.send(USER, ["ann@example.org"], make_raw())
+    assert (caught.value.kind, caught.value.code) == ("tls", 530)
+
+
+def test_smtp_error_survives_pickling() -> None:
+    """Job queues pickle exceptions; every field must come back."""
+    error = SmtpError("auth", "Update the password.", code=535, server_text="5.7.8 nope",
+                      refused={"a@example.org": RecipientRefusal(550, "no")})
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.kind, copy.user_message, copy.code, copy.server_text, copy.temporary, copy.refused) == (
+        "auth", "Update the password.", 535, "5.7.8 nope", False, {"a@example.org": RecipientRefusal(550, "no")})
