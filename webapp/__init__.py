@@ -81,7 +81,7 @@ def _register_blueprints(app: Flask) -> None:
     from webapp.mail.views import bp as mail_bp
     from webapp.main.views import bp as main_bp
     from webapp.recruit.views import bp as recruit_bp
-    from webapp.settings.views import bp as settings_bp
+    from webapp.settings import bp as settings_bp
 
     for blueprint in (main_bp, auth_bp, mail_bp, settings_bp, crm_bp, recruit_bp, contacts_bp):
         app.register_blueprint(blueprint)

@@ -1,23 +1,18 @@
-"""Settings (/settings): the user's own password for now; mail accounts and more follow."""
+"""Settings » Password: change one's own password."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user
 
 from webapp.extensions import db
 from webapp.services.audit import record
 from webapp.services.passwords import WeakPasswordError, check_strength, hash_password, \
     verify_password
+from webapp.settings.blueprint import bp, register_section
 from webapp.settings.forms import PasswordChangeForm
 
-bp = Blueprint("settings", __name__, url_prefix="/settings")
-
-
-@bp.route("/")
-@login_required
-def settings_index():
-    """The settings start page."""
-    return render_template("settings/index.html")
+register_section("Password", "settings.password_change",
+                 "Change the password you log in with. Other sessions end when you do.", order=90)
 
 
 @bp.route("/password", methods=["GET", "POST"])

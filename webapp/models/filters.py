@@ -1,0 +1,2 @@
+"""Mail filters: conditions and actions run on every incoming message."""
+from __future__ import annotations

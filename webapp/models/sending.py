@@ -1,0 +1,2 @@
+"""Send Mail As identities, the organization relay and the outbox."""
+from __future__ import annotations
