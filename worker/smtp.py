@@ -245,17 +245,21 @@ class SmtpConnection:
 
     def open(self) -> None:
         """Connect, greet, secure and sign in; raise a classified SmtpError on any failure."""
+        if self._client is not None:
+            raise RuntimeError("this SmtpConnection is already open")
+        # Outside the try: an unreadable CA bundle is the operator's error, not a server's.
+        context = tls_context(self.ca_bundle) if self.security != "none" else None
         try:
             if self.security == "ssl":
                 self._client = _ImplicitTlsSMTP(
                     self.host, self.port, local_hostname=self.local_hostname,
-                    timeout=self.timeout, context=tls_context(self.ca_bundle),
+                    timeout=self.timeout, context=context,
                 )
             else:
                 self._client = _PlainOrStarttlsSMTP(
                     self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout,
                 )
-            self._client.ehlo()
+            self._client.ehlo_or_helo_if_needed()
             if self.security == "starttls":
                 if not self._client.has_extn("starttls"):
                     raise SmtpError(
@@ -263,7 +267,7 @@ class SmtpConnection:
                         f"The SMTP server {self.host}:{self.port} does not offer STARTTLS. "
                         f"Choose SSL (usually port 465) in {SETTINGS_HINT}.",
                     )
-                self._client.starttls(context=tls_context(self.ca_bundle))
+                self._client.starttls(context=context)
                 self._client.ehlo()  # RFC 3207: forget pre-TLS capabilities, ask again
             if self.username:
                 self._login()
