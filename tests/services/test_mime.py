@@ -454,3 +454,24 @@ def test_boundary_mentions_in_headers_keep_the_header_block():
     raw = f"Subject: noisy\r\nMessage-ID: <n@x.y>\r\n{headers}\r\nbody text\r\n".encode()
     parsed = mime.parse_message(raw)
     assert parsed.envelope.subject == "noisy" and parsed.text.strip() == "body text"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?= und mehr", "Re: Grüße und mehr"),
+        ("=?utf-8?q?a?= =?utf-8?q?b?=", "ab"),  # whitespace between encoded words is not text
+        ("=?utf-8?q?a?= =?iso-8859-1?q?=E4?=", "aä"),
+        ("=?ISO-2022-JP?B?GyRCJUYlOSVIGyhC?=", "テスト"),
+        ("=?x-unknown?q?abc?=", "abc"),
+        ("=?utf-7?q?+ADw-script+AD4-?=", "+ADw-script+AD4-"),  # UTF-7 can hide "<": never decoded
+        ("plain\r\n folded", "plain folded"),
+    ],
+)
+def test_decode_header_value(value, expected):
+    assert mime.decode_header_value(value) == expected
+
+
+def test_html_to_text_drops_scripts_and_keeps_lines():
+    text = mime.html_to_text("<p>Hello&nbsp;<b>you</b></p><script>evil()</script><style>p{}</style><div>next&amp;last</div>")
+    assert text == "Hello you\nnext&last"
