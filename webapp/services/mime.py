@@ -7,6 +7,13 @@ Address normalization (one form, used everywhere, also by the CRM linking): ``em
 addr-spec with surrounding whitespace stripped, the local part and the domain lowercased, and
 an IDNA domain (``xn--`` labels) decoded to its Unicode form in NFC (``a@xn--mller-kva.de`` and
 ``a@MÜLLER.de`` both become ``a@müller.de``), because that is what people type into a contact.
+Use ``normalize_address()`` on addresses typed by people so both sides compare equal. An
+address the RFC 5322 parser cannot read cleanly (``Doe, John <j@x>`` yields "Doe" and a clean
+``j@x``) is kept with ``ambiguous=True``, its raw text in ``name`` and an empty ``email``: it is
+shown, never indexed or linked, because a guessed address would file mail under a stranger.
+
+Part ids follow IMAP's numbering ("1", "2.1"): the n-th child of each multipart, counting from
+1; a single-part message is "1". An attached message (message/rfc822) is one part.
 """
 from __future__ import annotations
 
