@@ -34,6 +34,10 @@ class VectorSite:
         self.beacons: set[str] = set()
         self.lock = threading.Lock()
 
+    def seen_beacons(self) -> set[str]:
+        with self.lock:
+            return set(self.beacons)
+
     def vectors(self):
         return xss_vectors(f"{self.base}/beacon")
 
@@ -80,7 +84,8 @@ def vector_site():
 
 def _open(browser_context, site: VectorSite, path: str) -> tuple[set[str], list[str], object]:
     """Open a page; return beacons seen, URLs that tried to leave 127.0.0.1, and the page."""
-    site.beacons.clear()
+    with site.lock:
+        site.beacons.clear()
     escaped: list[str] = []
 
     def guard(route):
@@ -94,7 +99,7 @@ def _open(browser_context, site: VectorSite, path: str) -> tuple[set[str], list[
     page = browser_context.new_page()
     page.goto(f"{site.base}{path}", wait_until="load")
     page.wait_for_timeout(SETTLE_MS)
-    return set(site.beacons), escaped, page
+    return site.seen_beacons(), escaped, page
 
 
 def _vectors_seen(vectors, beacons: set[str], escaped: list[str]) -> set[str]:
@@ -111,9 +116,9 @@ def test_detector_sees_raw_vectors_fire(browser_context, vector_site):
     vectors = vector_site.vectors()
     expected = {vector.vector_id for vector in vectors if vector.fires}
     deadline = time.monotonic() + 10  # a loaded machine may run late handlers late
-    while expected - _vectors_seen(vectors, vector_site.beacons | beacons, escaped) and time.monotonic() < deadline:
+    while expected - _vectors_seen(vectors, vector_site.seen_beacons(), escaped) and time.monotonic() < deadline:
         page.wait_for_timeout(200)
-    seen = _vectors_seen(vectors, vector_site.beacons | beacons, escaped)
+    seen = _vectors_seen(vectors, vector_site.seen_beacons(), escaped)
     assert expected - seen == set(), f"detector missed {sorted(expected - seen)}"
 
 
