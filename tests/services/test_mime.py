@@ -475,3 +475,8 @@ def test_decode_header_value(value, expected):
 def test_html_to_text_drops_scripts_and_keeps_lines():
     text = mime.html_to_text("<p>Hello&nbsp;<b>you</b></p><script>evil()</script><style>p{}</style><div>next&amp;last</div>")
     assert text == "Hello you\nnext&last"
+
+
+def test_search_text_of_parsed_message_is_the_same():
+    raw = make_message(5)
+    assert mime.search_text_of(mime.parse_message(raw)) == mime.search_text(raw)

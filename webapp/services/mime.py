@@ -796,7 +796,11 @@ def find_content_id(raw: bytes, cid: str) -> str | None:
 
 def search_text(raw: bytes) -> str:
     """Return subject, addresses, attachment names and body text for the full-text index, bounded."""
-    parsed = parse_message(raw)
+    return search_text_of(parse_message(raw))
+
+
+def search_text_of(parsed: ParsedMessage) -> str:
+    """search_text() for a message already parsed, so an index job parses each message once."""
     lines = [parsed.envelope.subject]
     for address in parsed.envelope.addresses:
         lines.append(f"{address.name} {address.email}".strip())
