@@ -77,6 +77,15 @@ def render_item(type_, obj, autogen_context):
     return False
 
 
+# Dialect-specific full-text objects made by hand in revisions, unknown to the models.
+HAND_MADE_OBJECTS = ("message_fts", "ix_message_text_fts")
+
+
+def include_object(obj, name, type_, reflected, compare_to):
+    """Leave the hand-made full-text tables, triggers and indexes out of autogenerate."""
+    return not (name and name.startswith(HAND_MADE_OBJECTS))
+
+
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -97,6 +106,7 @@ def run_migrations_online():
 
     conf_args = current_app.extensions['migrate'].configure_args
     conf_args.setdefault("render_item", render_item)
+    conf_args.setdefault("include_object", include_object)
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 

@@ -8,6 +8,11 @@ from alembic.script import ScriptDirectory
 from webapp.extensions import db
 
 
+def include_object(obj, name, type_, reflected, compare_to):
+    """The hand-made full-text objects (see migrations/env.py) are not in the models."""
+    return not (name and name.startswith(("message_fts", "ix_message_text_fts")))
+
+
 def _scripts(app):
     config = app.extensions["migrate"].migrate.get_config()
     return ScriptDirectory.from_config(config)
@@ -25,7 +30,8 @@ def test_every_revision_has_a_message(app):
 def test_upgraded_schema_matches_models(app):
     """`db upgrade` from empty ran for this run's database (SQLite or PostgreSQL)."""
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                         "include_object": include_object})
         diff = compare_metadata(context, db.metadata)
     assert diff == []
 

@@ -81,11 +81,19 @@ def enqueue_now(path: str, *args, queue: str = "default", retry: Retry | None = 
 
 def enqueue_after_commit(path: str, *args, queue: str = "default", retry: Retry | None = None,
                          job_timeout: int | None = None, job_id: str | None = None,
-                         session: Session | None = None, **kwargs) -> None:
-    """Enqueue a job by dotted path once the current transaction commits; drop it on rollback."""
+                         session: Session | None = None, dedupe: bool = False,
+                         **kwargs) -> None:
+    """Enqueue a job by dotted path once the current transaction commits; drop it on rollback.
+
+    With ``dedupe``, the same call made several times in one transaction enqueues once
+    (e.g. one index job per user for a whole POP batch).
+    """
     session = session or db.session()
     pending = session.info.setdefault("skydesk_pending_jobs", [])
-    pending.append((path, args, kwargs, queue, retry, job_timeout, job_id))
+    entry = (path, args, tuple(sorted(kwargs.items())), queue, retry, job_timeout, job_id)
+    if dedupe and any(item[:3] == entry[:3] for item in pending):
+        return
+    pending.append(entry)
 
 
 @event.listens_for(Session, "after_commit")
@@ -93,7 +101,7 @@ def _flush_pending_jobs(session: Session) -> None:
     jobs = session.info.pop("skydesk_pending_jobs", None)
     for path, args, kwargs, queue, retry, job_timeout, job_id in jobs or ():
         enqueue_now(path, *args, queue=queue, retry=retry, job_timeout=job_timeout,
-                    job_id=job_id, **kwargs)
+                    job_id=job_id, **dict(kwargs))
 
 
 @event.listens_for(Session, "after_rollback")

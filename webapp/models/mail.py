@@ -125,3 +125,19 @@ class MessageAddress(db.Model):
     ambiguous: Mapped[bool] = mapped_column(default=False, nullable=False)
 
     message: Mapped[Message] = relationship(back_populates="addresses")
+
+
+class MessageText(db.Model):
+    """The searchable text of a message (subject, addresses, body), built by the index job.
+
+    Full-text indexes over it are dialect-specific and live in the migrations only:
+    SQLite FTS5 `message_fts` (kept in step by triggers), PostgreSQL GIN `ix_message_text_fts`.
+    """
+
+    __tablename__ = "message_text"
+
+    message_pk: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"),
+                                         nullable=False, index=True)
+    body: Mapped[str] = mapped_column(Text, default="", nullable=False)

@@ -1,0 +1,150 @@
+"""Raw message storage: content-addressed, byte-for-byte, fsynced.
+
+The store is a small interface (put/get/open/delete/exists by SHA-256) so that a store
+every machine can reach (object storage, the database) can replace the local one.
+Reference counts live in the database (`Blob` rows) and change in the same transaction
+as the messages that use them; files are written before that transaction commits, so a
+crash can leave an unreferenced file (swept by `collect_garbage`) but never a row
+without its bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from webapp.models import Blob
+
+
+class BlobStore(Protocol):
+    """What every blob store offers."""
+
+    def put(self, data: bytes) -> str: ...
+    def get(self, sha256: str) -> bytes: ...
+    def open(self, sha256: str) -> BinaryIO: ...
+    def exists(self, sha256: str) -> bool: ...
+    def delete(self, sha256: str) -> None: ...
+
+
+class BlobMissingError(FileNotFoundError):
+    """A blob the database references is not in the store."""
+
+
+def _check_hash(sha256: str) -> str:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError("not a SHA-256 hex digest")
+    return sha256
+
+
+class LocalBlobStore:
+    """Blobs as files under a root folder: ab/cd/abcdef…, written atomically and fsynced."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _path(self, sha256: str) -> Path:
+        _check_hash(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store bytes (idempotent) and return their SHA-256."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if path.exists():
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # The rename is durable only once the directory entry is.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return digest
+
+    def get(self, sha256: str) -> bytes:
+        """The stored bytes, exactly as put."""
+        with self.open(sha256) as handle:
+            return handle.read()
+
+    def open(self, sha256: str) -> BinaryIO:
+        """A binary file object of the stored bytes (close it)."""
+        try:
+            return open(self._path(sha256), "rb")
+        except FileNotFoundError:
+            raise BlobMissingError(sha256) from None
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the store holds this blob."""
+        return self._path(sha256).exists()
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob (no error if it is already gone)."""
+        self._path(sha256).unlink(missing_ok=True)
+
+    def mtime(self, sha256: str) -> float:
+        """When the blob was written (seconds since the epoch)."""
+        return self._path(sha256).stat().st_mtime
+
+    def iter_hashes(self):
+        """Every stored hash (for garbage collection)."""
+        for path in self.root.glob("??/??/*"):
+            if not path.name.startswith(".tmp-"):
+                yield path.name
+
+
+def get_store(blob_dir: str) -> LocalBlobStore:
+    """The configured store (local files under BLOB_DIR)."""
+    return LocalBlobStore(blob_dir)
+
+
+def add_reference(session: Session, sha256: str, size: int) -> None:
+    """Count one more message using this blob (row created on first use)."""
+    updated = session.execute(update(Blob).where(Blob.sha256 == sha256)
+                              .values(refcount=Blob.refcount + 1)).rowcount
+    if not updated:
+        session.add(Blob(sha256=sha256, size=size, refcount=1))
+        session.flush()
+
+
+def drop_reference(session: Session, sha256: str) -> None:
+    """Count one message fewer; the bytes go when garbage is collected at zero."""
+    session.execute(update(Blob).where(Blob.sha256 == sha256, Blob.refcount > 0)
+                    .values(refcount=Blob.refcount - 1))
+
+
+def collect_garbage(session: Session, store: LocalBlobStore, orphan_age: float = 3600) -> int:
+    """Delete blobs no message uses (rows at zero, and old files without rows); return how many.
+
+    A file without a row may belong to a delivery that has not committed yet, so only
+    files older than ``orphan_age`` seconds are taken.
+    """
+    removed = 0
+    for blob in session.scalars(select(Blob).where(Blob.refcount <= 0)).all():
+        session.delete(blob)
+        session.flush()
+        store.delete(blob.sha256)
+        removed += 1
+    session.commit()
+    known = set(session.scalars(select(Blob.sha256)))
+    cutoff = time.time() - orphan_age
+    for digest in list(store.iter_hashes()):
+        if digest not in known and store.mtime(digest) < cutoff:
+            store.delete(digest)
+            removed += 1
+    return removed
