@@ -25,6 +25,7 @@ from tests import factories
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = [
+    "tests.fixtures.browser",
     "tests.fixtures.certs",
     "tests.fixtures.dovecot",
     "tests.fixtures.fakepop",

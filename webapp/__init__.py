@@ -78,7 +78,7 @@ def _register_blueprints(app: Flask) -> None:
     from webapp.auth.views import bp as auth_bp
     from webapp.contacts.views import bp as contacts_bp
     from webapp.crm.views import bp as crm_bp
-    from webapp.mail.views import bp as mail_bp
+    from webapp.mail import bp as mail_bp
     from webapp.main.views import bp as main_bp
     from webapp.recruit.views import bp as recruit_bp
     from webapp.settings import bp as settings_bp

@@ -1,2 +1,4 @@
-"""Admin views, one module per area."""
-from admin.views import dashboard  # noqa: F401
+"""Admin views, one module per area; each registers its routes and its menu entry."""
+from webapp.discovery import import_submodules
+
+import_submodules("admin.views")

@@ -5,9 +5,12 @@ from flask import render_template
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from admin.blueprint import bp
+from admin.blueprint import bp, register_menu
 from webapp.extensions import db
 from webapp.models import Domain, User
+
+
+register_menu("Overview", "admin.dashboard_index", order=0)
 
 
 @bp.route("/")

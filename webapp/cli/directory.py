@@ -55,3 +55,5 @@ def user_create(org_domain: str, email: str, password: str, admin: bool, name: s
         fail(str(exc))
     click.echo(f"Created {'admin' if admin else 'user'} {user.email} in {org.name}.")
     click.echo(user.id)
+
+COMMANDS = [org_cli, user_cli]

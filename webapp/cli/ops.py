@@ -64,3 +64,5 @@ def up_command(port: int | None, host: str) -> None:
 
     run_everything(current_app._get_current_object(), host=host,
                    port=port or current_app.config["PORT"])
+
+COMMANDS = [worker_command, health_command, up_command]

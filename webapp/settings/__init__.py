@@ -1,5 +1,7 @@
 """Settings (/settings): one module per area, each registering its routes and its card."""
+from webapp.discovery import import_submodules
 from webapp.settings.blueprint import bp
-from webapp.settings import index, password  # noqa: F401  (register routes)
+
+import_submodules("webapp.settings")  # each module registers its routes and card
 
 __all__ = ["bp"]

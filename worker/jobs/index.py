@@ -10,7 +10,8 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.models import Message, MessageText
 from webapp.services import blobs
-from webapp.services.mime import MIME_SEARCH_TEXT_CHARS, ParsedMessage, parse_message
+from webapp.services.mime import (MIME_SEARCH_TEXT_CHARS, ParsedMessage, parse_message,
+                                  search_text_of)
 
 log = logging.getLogger("skydesk.index")
 BATCH = 200
@@ -18,17 +19,13 @@ _ADDRESS_PUNCTUATION = re.compile(r"[@.+_-]+")
 
 
 def search_document(parsed: ParsedMessage) -> str:
-    """Subject, names, addresses (whole and split into words), attachment names, body text.
+    """The message's search text, plus its addresses split into words.
 
-    Addresses are also written split at their punctuation so that every dialect's tokenizer
-    finds "elsewhere" in bob@elsewhere.example (PostgreSQL keeps an address as one token).
+    PostgreSQL's parser keeps bob@elsewhere.example as one token, so "elsewhere" would
+    not find it; the split copy makes every dialect find each part.
     """
-    lines = [parsed.envelope.subject]
-    for address in parsed.envelope.addresses:
-        lines.append(f"{address.name} {address.email} {_ADDRESS_PUNCTUATION.sub(' ', address.email)}")
-    lines.extend(part.filename for part in parsed.parts if part.filename)
-    lines.append(parsed.text)
-    return "\n".join(lines)[:MIME_SEARCH_TEXT_CHARS]
+    split = " ".join(_ADDRESS_PUNCTUATION.sub(" ", a.email) for a in parsed.envelope.addresses)
+    return f"{split}\n{search_text_of(parsed)}"[:MIME_SEARCH_TEXT_CHARS]
 
 
 def index_pending(user_id: int) -> int:

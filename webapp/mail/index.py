@@ -1,12 +1,10 @@
 """The Mail area (/mail)."""
 from __future__ import annotations
 
-from flask import Blueprint
 from flask_login import login_required
 
+from webapp.mail.blueprint import bp
 from webapp.placeholder import coming_soon
-
-bp = Blueprint("mail", __name__, url_prefix="/mail")
 
 
 @bp.route("/")
