@@ -75,7 +75,7 @@ def _tune_sqlite(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from admin import bp as admin_bp
-    from webapp.auth.views import bp as auth_bp
+    from webapp.auth import bp as auth_bp
     from webapp.contacts.views import bp as contacts_bp
     from webapp.crm.views import bp as crm_bp
     from webapp.mail import bp as mail_bp

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
+from webapp.auth.blueprint import bp
 from webapp.auth.forms import EmptyForm, LoginForm
 from webapp.extensions import db
 from webapp.models import User
@@ -15,8 +16,6 @@ from webapp.queue import get_redis
 from webapp.services import throttle
 from webapp.services.audit import record
 from webapp.services.passwords import hash_password, needs_rehash, verify_password
-
-bp = Blueprint("auth", __name__)
 
 # One message for every failure, so the form does not tell who has an account.
 LOGIN_FAILED = "That email and password do not match an active account."
