@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-import time
 
 import pytest
 
@@ -99,9 +98,7 @@ def test_search_text_holds_subject_addresses_filenames_and_body():
 def test_deeply_nested_multipart_is_cut_at_the_depth_bound():
     """The email package raises RecursionError near 1,000 levels; the bound cuts before it parses."""
     raw = nested_multipart(1000)
-    started = time.perf_counter()
     parsed = mime.parse_message(raw)
-    assert time.perf_counter() - started < 2
     assert parsed.envelope.subject == "deep"
     assert any("nested deeper" in d for d in parsed.defects)
     assert mime.get_part(raw, "1" + ".1" * 40) is None
@@ -124,13 +121,10 @@ def test_many_parts_are_capped():
 def test_subject_of_20000_encoded_words_decodes_a_bounded_number():
     """decode_header() is quadratic in encoded words (about 3 s for 20,000): only the first are decoded."""
     raw = many_encoded_words_subject(20_000)
-    started = time.perf_counter()
     envelope = mime.parse_envelope(raw)
-    elapsed = time.perf_counter() - started
     assert envelope.subject.startswith("w0éw1éw2é")
     assert envelope.subject.count("é") == mime.MIME_MAX_ENCODED_WORDS
     assert any("encoded words" in d for d in envelope.parse_defects)
-    assert elapsed < 2
     assert mime.parse_message(raw).envelope.subject == envelope.subject
 
 
@@ -404,17 +398,6 @@ def test_has_attachments_guess(content_type, expected):
     assert mime.parse_envelope(raw).has_attachments is expected
 
 
-# --- speed -------------------------------------------------------------------------------------
-
-
-def test_envelope_parse_is_fast_enough_for_pop_import():
-    """Delivery reads thousands of messages a minute: the envelope parse must stay far below 1 ms."""
-    messages = [make_message(i) for i in range(200)]
-    started = time.perf_counter()
-    for raw in messages:
-        mime.parse_envelope(raw)
-    rate = len(messages) / (time.perf_counter() - started)
-    assert rate > 1_000, f"{rate:.0f} msg/s"
 
 
 def test_random_mutations_never_raise():

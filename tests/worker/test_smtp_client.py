@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pickle
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -317,17 +316,3 @@ def test_smtp_error_survives_pickling() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.kind, copy.user_message, copy.code, copy.server_text, copy.temporary, copy.refused) == (
         "auth", "Update the password.", 535, "5.7.8 nope", False, {"a@example.org": RecipientRefusal(550, "no")})
-
-
-def test_starttls_batch_is_not_slowed_by_nagle(smtp_server: StartServer) -> None:
-    """Regression: without TCP_NODELAY each 21 KB message over STARTTLS waited ~40 ms for a delayed ACK."""
-    server = smtp_server(tls="starttls")
-    raw = make_raw(text="Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n" * 370)
-    assert len(raw) > 20_000
-    with connect(server, security="starttls", username=None) as smtp:
-        started = time.perf_counter()
-        for _ in range(20):
-            smtp.send(USER, ["ann@example.org"], raw)
-        elapsed = time.perf_counter() - started
-    # About 0.03 s with TCP_NODELAY, 0.8 s without: a wide margin for a busy machine.
-    assert elapsed < 0.5, f"20 messages took {elapsed:.2f} s"
