@@ -1,0 +1,467 @@
+"""The outbox: every outgoing message is queued here with its exact bytes and a fixed Message-ID.
+
+Compose, SMTP submission (Outlook/Thunderbird through the inbound listener), system mail
+(password resets) and filter forwards all end up as one `OutgoingMessage` row whose raw
+bytes are in the blob store; `worker.jobs.send.send_message(id)` sends exactly those bytes
+and files exactly those bytes in Sent. The caller commits; the send job is enqueued only
+after the commit (`enqueue_after_commit`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from webapp.models import Folder, MailAccount, Message, Organization, User
+from webapp.models._types import utcnow
+from webapp.models.sending import (OrgRelay, OutgoingMessage, OutgoingRecipient, SendCounter,
+                                   SendIdentity)
+from webapp.services import blobs, compose, quota
+from webapp.services.mime import parse_envelope, parse_message, get_part
+from webapp.services.secrets import decrypt_secret
+
+SEND_QUEUE = "send"
+SEND_JOB = "worker.jobs.send.send_message"
+SEND_JOB_TIMEOUT = 300  # one message over one SMTP session; the claim lease is a little longer
+
+
+class OutboxError(ValueError):
+    """A message cannot be queued; the message says why in words a user can act on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaySettings:
+    """Where the organization relay is and how to use it (from OrgRelay, else configuration)."""
+
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str
+    envelope_policy: str
+    envelope_sender: str
+    daily_limit_user: int
+    daily_limit_org: int
+
+    @property
+    def configured(self) -> bool:
+        """Whether there is a host to send to at all."""
+        return bool(self.host)
+
+
+def relay_settings(session: Session, org_id: int) -> RelaySettings:
+    """The org's relay: its OrgRelay row, else the MAIL_RELAY_* configuration defaults."""
+    row = session.scalar(select(OrgRelay).where(OrgRelay.org_id == org_id))
+    config = current_app.config
+    if row is not None and row.host:
+        password = (decrypt_secret(config["MAIL_SECRET_KEYS"], row.password_encrypted)
+                    if row.password_encrypted else "")
+        return RelaySettings(row.host, row.port, row.security, row.username, password,
+                             row.envelope_policy, row.envelope_sender,
+                             row.daily_limit_user, row.daily_limit_org)
+    return RelaySettings(
+        host=config.get("MAIL_RELAY_HOST") or "",
+        port=int(config.get("MAIL_RELAY_PORT") or 25),
+        security=config.get("MAIL_RELAY_SECURITY") or "none",
+        username=config.get("MAIL_RELAY_USERNAME") or "",
+        password=config.get("MAIL_RELAY_PASSWORD") or "",
+        envelope_policy=row.envelope_policy if row is not None else "hosted",
+        envelope_sender=row.envelope_sender if row is not None else "",
+        daily_limit_user=row.daily_limit_user if row is not None else 500,
+        daily_limit_org=row.daily_limit_org if row is not None else 5000)
+
+
+def hosted_domains(session: Session, org_id: int) -> set[str]:
+    """The domains the organization hosts (lowercase)."""
+    org = session.get(Organization, org_id)
+    return {d.name.lower() for d in org.domains} if org is not None else set()
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _envelope_from(relay: RelaySettings, hosted_address: str, from_email: str) -> str:
+    """MAIL FROM for the relay, per the organization's envelope sender policy."""
+    if relay.envelope_policy == "from" and from_email:
+        return from_email
+    if relay.envelope_policy == "fixed" and relay.envelope_sender:
+        return relay.envelope_sender
+    return hosted_address or from_email
+
+
+def _store_and_queue(session: Session, *, org_id: int, user_id: int | None,
+                     identity_id: int | None, kind: str, transport: str, raw: bytes,
+                     message_id: str, subject: str, from_email: str, envelope_from: str,
+                     recipients: Sequence[str], file_in_sent: bool) -> OutgoingMessage:
+    """Store the bytes, add the row with one recipient row each, and enqueue the send job."""
+    from webapp.queue import enqueue_after_commit
+
+    limit = current_app.config["MAIL_MAX_MESSAGE_BYTES"]
+    if len(raw) > limit:
+        raise OutboxError(f"The message is {quota.human_bytes(len(raw))}, over the "
+                          f"{quota.human_bytes(limit)} limit. Remove or shrink attachments.")
+    unique: list[str] = []
+    for address in recipients:
+        if address.lower() not in {u.lower() for u in unique}:
+            unique.append(address)
+    if not unique:
+        raise OutboxError("A message needs at least one recipient.")
+    store = blobs.get_store(current_app.config["BLOB_DIR"])
+    digest = store.put(raw)
+    # The outbox row holds its own reference: "send again" needs the bytes after the Sent
+    # copy is deleted.
+    blobs.add_reference(session, digest, len(raw))
+    outgoing = OutgoingMessage(
+        org_id=org_id, user_id=user_id, identity_id=identity_id, kind=kind, transport=transport,
+        state="queued", message_id=message_id[:998], blob_sha256=digest, size=len(raw),
+        subject=subject[:2000], from_email=from_email[:320], envelope_from=envelope_from[:320],
+        file_in_sent=file_in_sent, next_attempt_at=utcnow())
+    outgoing.recipients = [OutgoingRecipient(address=a[:320]) for a in unique]
+    session.add(outgoing)
+    session.flush()
+    enqueue_after_commit(SEND_JOB, outgoing.id, queue=SEND_QUEUE, job_timeout=SEND_JOB_TIMEOUT,
+                         session=session)
+    return outgoing
+
+
+def _address_items(value: str | Sequence[compose.AddressInput], field: str
+                   ) -> list[compose.AddressInput]:
+    """A compose field: a typed comma-separated string, or already-split addresses."""
+    if isinstance(value, str):
+        return list(compose.parse_address_list(value, field=field))
+    return list(value or ())
+
+
+def _load_identity(session: Session, user: User, identity_id: int | None) -> SendIdentity:
+    from webapp.services.sendas import ensure_hosted_identity
+
+    if identity_id is None:
+        return ensure_hosted_identity(session, user)
+    identity = session.scalar(select(SendIdentity).where(SendIdentity.id == identity_id,
+                                                         SendIdentity.user_id == user.id))
+    if identity is None:
+        raise OutboxError("That From address is not one of yours.")
+    if not identity.is_verified:
+        raise OutboxError(f"{identity.email} is not confirmed yet: open the link or enter the "
+                          "code mailed to it (Settings » Send Mail As).")
+    return identity
+
+
+def queue_message(session: Session, user: User, identity_id: int | None,
+                  to: str | Sequence[compose.AddressInput],
+                  cc: str | Sequence[compose.AddressInput],
+                  bcc: str | Sequence[compose.AddressInput], subject: str, text: str,
+                  html: str | None, attachments: Sequence[compose.Attachment],
+                  in_reply_to: str | None, references: str | Sequence[str] | None,
+                  draft_id: int | None = None) -> OutgoingMessage:
+    """Build a composed message, queue it for sending and delete its draft; the caller commits.
+
+    Raises compose.ComposeError (HeaderInjectionError, InvalidAddressError) or OutboxError.
+    """
+    identity = _load_identity(session, user, identity_id)
+    to_items = _address_items(to, "To")
+    cc_items = _address_items(cc, "Cc")
+    bcc_items = _address_items(bcc, "Bcc")
+    if isinstance(references, str):
+        references = references.split()
+    sender = None
+    if identity.transport == "relay" and \
+            _domain_of(identity.email) not in hosted_domains(session, user.org_id):
+        # Mail clients show "on behalf of": the relay vouches only for the hosted address.
+        sender = (user.display_name, user.email)
+    message_id = compose.make_message_id(_domain_of(identity.email) or _domain_of(user.email))
+    msg = compose.build_message(
+        from_addr=(identity.display_name, identity.email), to=to_items, cc=cc_items,
+        bcc=bcc_items, subject=subject, text=text, html=html, attachments=attachments,
+        message_id=message_id, in_reply_to=in_reply_to or None, references=references or (),
+        reply_to=identity.reply_to or None, sender=sender)
+    raw = compose.as_bytes(msg)
+    recipients = compose.envelope_recipients(to_items, cc_items, bcc_items)
+    if identity.transport == "relay":
+        envelope_from = _envelope_from(relay_settings(session, user.org_id), user.email,
+                                       identity.email)
+    else:
+        envelope_from = identity.email
+    outgoing = _store_and_queue(
+        session, org_id=user.org_id, user_id=user.id, identity_id=identity.id, kind="compose",
+        transport=identity.transport, raw=raw, message_id=message_id, subject=subject,
+        from_email=identity.email, envelope_from=envelope_from, recipients=recipients,
+        file_in_sent=True)
+    if draft_id is not None:
+        delete_draft(session, user.id, draft_id)
+    return outgoing
+
+
+def queue_raw_submission(session: Session, user_id: int, raw: bytes, mail_from: str,
+                         rcpt_tos: list[str]) -> OutgoingMessage:
+    """Queue a message submitted over authenticated SMTP: the exact bytes go out through the
+    organization relay and the same bytes are filed in Sent; the caller commits.
+
+    MAIL FROM must be the user's hosted address or one of their confirmed Send Mail As
+    addresses (else OutboxError: answer it with 553/550 5.7.1); the relay's envelope policy
+    then picks the MAIL FROM it uses.
+    """
+    from webapp.services.sendas import ensure_hosted_identity
+
+    user = session.get(User, user_id)
+    if user is None or user.is_disabled:
+        raise OutboxError("This account cannot send mail.")
+    hosted = ensure_hosted_identity(session, user)
+    sender = (mail_from or "").strip().lower()
+    allowed = {i.email.lower(): i for i in session.scalars(
+        select(SendIdentity).where(SendIdentity.user_id == user.id,
+                                   SendIdentity.is_verified.is_(True)))}
+    identity = allowed.get(sender) if sender else hosted
+    if identity is None:
+        raise OutboxError(f"{mail_from} is not one of your addresses: add and confirm it in "
+                          "Settings » Send Mail As first.")
+    envelope = parse_envelope(raw)
+    relay = relay_settings(session, user.org_id)
+    return _store_and_queue(
+        session, org_id=user.org_id, user_id=user.id, identity_id=identity.id,
+        kind="submission", transport="relay", raw=raw,
+        message_id=envelope.message_id, subject=envelope.subject,
+        from_email=identity.email,
+        envelope_from=_envelope_from(relay, user.email, identity.email),
+        recipients=list(rcpt_tos), file_in_sent=True)
+
+
+def no_reply_address(session: Session, org_id: int) -> str:
+    """The no-reply address of the organization's primary domain."""
+    org = session.get(Organization, org_id)
+    if org is None or org.primary_domain is None:
+        raise OutboxError("The organization has no domain to send from.")
+    return f"no-reply@{org.primary_domain.name}"
+
+
+def queue_system_message(session: Session, org_id: int, to_addr: str, subject: str,
+                         text: str) -> OutgoingMessage:
+    """Queue a plain-text message from the org's no-reply address through its relay (not filed)."""
+    sender = no_reply_address(session, org_id)
+    org = session.get(Organization, org_id)
+    message_id = compose.make_message_id(_domain_of(sender))
+    msg = compose.build_message(from_addr=(org.name, sender), to=[("", to_addr)], subject=subject,
+                                text=text, message_id=message_id)
+    raw = compose.as_bytes(msg)
+    relay = relay_settings(session, org_id)
+    return _store_and_queue(
+        session, org_id=org_id, user_id=None, identity_id=None, kind="system", transport="relay",
+        raw=raw, message_id=message_id, subject=subject, from_email=sender,
+        envelope_from=relay.envelope_sender if relay.envelope_policy == "fixed"
+        and relay.envelope_sender else sender,
+        recipients=compose.envelope_recipients([("", to_addr)]), file_in_sent=False)
+
+
+def forward_parts(raw: bytes) -> tuple[str, str, list[compose.Attachment]]:
+    """(subject, quoted text, attachments) to forward a stored message with."""
+    parsed = parse_message(raw)
+    env = parsed.envelope
+    sender = next(iter(env.addresses_for("from")), None)
+    header = ["---------- Forwarded message ----------"]
+    if sender is not None:
+        header.append(f"From: {sender.name} <{sender.email}>" if sender.name else f"From: {sender.email}")
+    if env.date is not None:
+        header.append(f"Date: {env.date.strftime('%a, %d %b %Y %H:%M %z')}")
+    header.append(f"Subject: {env.subject}")
+    to = ", ".join(a.email for a in env.addresses_for("to"))
+    if to:
+        header.append(f"To: {to}")
+    text = "\n".join(header) + "\n\n" + (parsed.text or "")
+    attachments: list[compose.Attachment] = []
+    for part in parsed.attachments:
+        found = get_part(raw, part.part_id)
+        if found is not None:
+            content_type, filename, data = found
+            attachments.append((filename or part.filename or "attachment", content_type, data))
+    subject = env.subject if env.subject.lower().startswith("fwd:") else f"Fwd: {env.subject}"
+    return subject, text, attachments
+
+
+def clean_header_text(value: str) -> str:
+    """A header value from a received message, with line breaks folded to spaces."""
+    return " ".join(value.replace("\x00", " ").split())
+
+
+def queue_forward(session: Session, user_id: int, message_id: int, to_addr: str
+                  ) -> OutgoingMessage:
+    """Forward one of the user's stored messages (by Message row id) from their default address."""
+    user = session.get(User, user_id)
+    if user is None or user.is_disabled:
+        raise OutboxError("This account cannot send mail.")
+    message = session.scalar(select(Message).where(Message.id == message_id,
+                                                   Message.user_id == user_id))
+    if message is None:
+        raise OutboxError("No such message.")
+    raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(message.blob_sha256)
+    subject, text, attachments = forward_parts(raw)
+    references = [message.message_id] if message.message_id.startswith("<") else []
+    outgoing = queue_message(session, user, None, [("", to_addr)], [], [],
+                             clean_header_text(subject), text, None, attachments, None,
+                             references)
+    outgoing.kind = "forward"
+    return outgoing
+
+
+# --- drafts ---------------------------------------------------------------------------
+
+
+def delete_message_for_good(session: Session, message: Message) -> None:
+    """Delete a stored message row, releasing its quota and blob reference (same transaction)."""
+    quota.refund(session, message.user_id, message.size)
+    blobs.drop_reference(session, message.blob_sha256)
+    session.delete(message)
+    session.flush()
+
+
+def delete_draft(session: Session, user_id: int, draft_id: int) -> bool:
+    """Delete the user's draft (a message in their Drafts folder); False if there is none."""
+    draft = session.scalar(
+        select(Message).join(Folder, Folder.id == Message.folder_id)
+        .where(Message.id == draft_id, Message.user_id == user_id, Folder.role == "drafts"))
+    if draft is None:
+        return False
+    delete_message_for_good(session, draft)
+    return True
+
+
+def hosted_account(session: Session, user_id: int) -> MailAccount:
+    """The user's hosted mail account."""
+    account = session.scalar(select(MailAccount).where(MailAccount.user_id == user_id,
+                                                       MailAccount.kind == "hosted"))
+    if account is None:
+        raise LookupError(f"user {user_id} has no hosted account")
+    return account
+
+
+# --- outbox actions -------------------------------------------------------------------
+
+
+def get_outgoing(session: Session, user_id: int, outgoing_id: int) -> OutgoingMessage | None:
+    """One of the user's outgoing messages, or None (another user's id included)."""
+    return session.scalar(select(OutgoingMessage).where(OutgoingMessage.id == outgoing_id,
+                                                        OutgoingMessage.user_id == user_id))
+
+
+def list_outbox(session: Session, user_id: int, limit: int = 200) -> list[OutgoingMessage]:
+    """The user's outgoing messages, newest first."""
+    return list(session.scalars(
+        select(OutgoingMessage).where(OutgoingMessage.user_id == user_id)
+        .order_by(OutgoingMessage.created_at.desc(), OutgoingMessage.id.desc()).limit(limit)))
+
+
+def cancel(session: Session, user_id: int, outgoing_id: int) -> bool:
+    """Cancel a queued or waiting message; False if it is not (or no longer) cancellable.
+
+    One conditional UPDATE: a worker that claimed it a moment ago wins, and the message goes.
+    """
+    done = session.execute(
+        update(OutgoingMessage)
+        .where(OutgoingMessage.id == outgoing_id, OutgoingMessage.user_id == user_id,
+               OutgoingMessage.state.in_(("queued", "retry-wait")))
+        .values(state="cancelled", next_attempt_at=None)
+        .execution_options(synchronize_session=False)).rowcount
+    session.expire_all()
+    return bool(done)
+
+
+def retry(session: Session, user_id: int, outgoing_id: int) -> bool:
+    """Send a failed, uncertain or waiting message again now, to recipients still without it.
+
+    An "uncertain" retry is the user's explicit decision to accept a possible duplicate:
+    every recipient that was not confirmed is tried again with the same Message-ID (so the
+    receiving side can recognise the copy).
+    """
+    from webapp.queue import enqueue_after_commit
+
+    outgoing = get_outgoing(session, user_id, outgoing_id)
+    if outgoing is None or outgoing.state not in ("failed", "uncertain", "retry-wait"):
+        return False
+    for recipient in outgoing.recipients:
+        if recipient.state in ("deferred", "pending") or (
+                outgoing.state == "failed" and recipient.state == "refused"
+                and outgoing.last_error_kind in ("auth", "tls", "cert_invalid", "connect",
+                                                 "relay_denied", "limit", "config")):
+            recipient.state = "pending"
+    if not any(r.state == "pending" for r in outgoing.recipients):
+        # Everyone either has it or refused it for good; retrying the refused is the user's
+        # call: let them retry those too.
+        for recipient in outgoing.recipients:
+            if recipient.state == "refused":
+                recipient.state = "pending"
+    outgoing.state = "queued"
+    outgoing.next_attempt_at = utcnow()
+    outgoing.attempts = 0
+    session.flush()
+    enqueue_after_commit(SEND_JOB, outgoing.id, queue=SEND_QUEUE, job_timeout=SEND_JOB_TIMEOUT,
+                         session=session)
+    return True
+
+
+# --- daily limits ---------------------------------------------------------------------
+
+
+def _insert_counter(session: Session, scope: str, scope_id: int, day: date) -> None:
+    """Create the counter row if missing, race-free (INSERT … ON CONFLICT DO NOTHING)."""
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    session.execute(module.insert(SendCounter)
+                    .values(scope=scope, scope_id=scope_id, day=day, count=0)
+                    .on_conflict_do_nothing())
+
+
+def _take_one(session: Session, scope: str, scope_id: int, day: date, limit: int) -> bool:
+    """Count one message if the counter is under the limit (0: no limit); one conditional UPDATE."""
+    _insert_counter(session, scope, scope_id, day)
+    query = update(SendCounter).where(SendCounter.scope == scope,
+                                      SendCounter.scope_id == scope_id, SendCounter.day == day)
+    if limit > 0:
+        query = query.where(SendCounter.count < limit)
+    return bool(session.execute(query.values(count=SendCounter.count + 1)
+                                .execution_options(synchronize_session=False)).rowcount)
+
+
+def count_against_limits(session: Session, org_id: int, user_id: int | None,
+                         relay: RelaySettings, today: date | None = None) -> str | None:
+    """Count one relay message for the user and the org today; None if allowed, else why not.
+
+    Both counters change in one savepoint: a message refused by the org limit does not use
+    up the user's.
+    """
+    today = today or utcnow().date()
+    with session.begin_nested() as savepoint:
+        if user_id is not None and not _take_one(session, "user", user_id, today,
+                                                 relay.daily_limit_user):
+            savepoint.rollback()
+            return (f"You reached your daily sending limit ({relay.daily_limit_user} messages "
+                    "through the organization's relay). It resets at midnight UTC; press Retry "
+                    "then, or ask your administrator to raise it.")
+        if not _take_one(session, "org", org_id, today, relay.daily_limit_org):
+            savepoint.rollback()
+            return (f"Your organization reached its daily sending limit "
+                    f"({relay.daily_limit_org} messages). It resets at midnight UTC; press "
+                    "Retry then, or ask your administrator to raise it.")
+    return None
+
+
+def sent_today(session: Session, scope: str, scope_id: int) -> int:
+    """How many messages the user or org sent through the relay today (UTC)."""
+    return session.scalar(select(SendCounter.count).where(
+        SendCounter.scope == scope, SendCounter.scope_id == scope_id,
+        SendCounter.day == utcnow().date())) or 0
+
+
+def due_for_sweep(session: Session, now: datetime | None = None) -> list[int]:
+    """Ids of messages whose job may be lost: due retries, and claims whose lease expired."""
+    now = now or utcnow()
+    stale = select(OutgoingMessage.id).where(
+        ((OutgoingMessage.state.in_(("queued", "retry-wait")))
+         & (OutgoingMessage.next_attempt_at <= now - timedelta(seconds=60)))
+        | ((OutgoingMessage.state == "sending") & (OutgoingMessage.lease_until < now)))
+    return list(session.scalars(stale.limit(1000)))
+

@@ -1,0 +1,193 @@
+"""Send Mail As: the addresses a user may send as, proving ownership, and their transports."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from webapp.models import User
+from webapp.models._types import utcnow
+from webapp.models.sending import SECURITIES, TRANSPORTS, SendIdentity
+from webapp.services import compose
+from webapp.services.directory import DirectoryError, normalize_email
+from webapp.services.secrets import decrypt_secret, encrypt_secret
+
+MAX_CONFIRM_ATTEMPTS = 5
+CODE_LIFETIME = timedelta(days=3)
+# Unambiguous characters only: the code may be typed from a phone screen.
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+class SendAsError(ValueError):
+    """Bad input for a Send Mail As address; the message is shown as is."""
+
+
+def _hash_code(code: str) -> str:
+    return hashlib.sha256(code.strip().upper().encode()).hexdigest()
+
+
+def ensure_hosted_identity(session: Session, user: User) -> SendIdentity:
+    """The user's hosted address as an identity (created on first use; always verified)."""
+    identity = session.scalar(select(SendIdentity).where(SendIdentity.user_id == user.id,
+                                                         SendIdentity.is_hosted.is_(True)))
+    if identity is not None:
+        return identity
+    identity = SendIdentity(org_id=user.org_id, user_id=user.id, email=user.email,
+                            display_name=user.display_name, is_hosted=True, is_verified=True,
+                            transport="relay")
+    try:
+        # A savepoint: two first requests racing must not break the caller's transaction.
+        with session.begin_nested():
+            session.add(identity)
+    except IntegrityError:
+        identity = session.scalar(select(SendIdentity).where(SendIdentity.user_id == user.id,
+                                                             SendIdentity.email == user.email))
+    return identity
+
+
+def list_identities(session: Session, user: User, verified_only: bool = False
+                    ) -> list[SendIdentity]:
+    """The user's identities, the hosted one first."""
+    ensure_hosted_identity(session, user)
+    query = select(SendIdentity).where(SendIdentity.user_id == user.id)
+    if verified_only:
+        query = query.where(SendIdentity.is_verified.is_(True))
+    return list(session.scalars(query.order_by(SendIdentity.is_hosted.desc(), SendIdentity.email)))
+
+
+def get_identity(session: Session, user_id: int, identity_id: int) -> SendIdentity | None:
+    """One of the user's identities, or None (another user's id included)."""
+    return session.scalar(select(SendIdentity).where(SendIdentity.id == identity_id,
+                                                     SendIdentity.user_id == user_id))
+
+
+def _check_text(field: str, value: str, limit: int) -> str:
+    value = (value or "").strip()
+    if any(c in value for c in "\r\n\x00"):
+        raise SendAsError(f"{field} must not contain line breaks.")
+    if len(value) > limit:
+        raise SendAsError(f"{field} is longer than {limit} characters.")
+    return value
+
+
+def _check_reply_to(value: str) -> str:
+    value = _check_text("Reply-to", value, 320)
+    if value:
+        try:
+            parsed = compose.parse_address_list(value, field="Reply-to")
+        except compose.ComposeError as error:
+            raise SendAsError(str(error)) from None
+        if len(parsed) != 1:
+            raise SendAsError("Reply-to takes one address.")
+        value = parsed[0][1]
+    return value
+
+
+def add_identity(session: Session, user: User, email: str, display_name: str = "",
+                 reply_to: str = "") -> SendIdentity:
+    """Add an unconfirmed external address (usable once confirmed); the caller sends the code."""
+    try:
+        address = normalize_email(email)
+    except DirectoryError as error:
+        raise SendAsError(str(error)) from None
+    existing = session.scalar(select(SendIdentity).where(SendIdentity.user_id == user.id,
+                                                         SendIdentity.email == address))
+    if existing is not None or address == user.email.lower():
+        raise SendAsError(f"{address} is already one of your addresses.")
+    identity = SendIdentity(org_id=user.org_id, user_id=user.id, email=address,
+                            display_name=_check_text("Name", display_name, 200),
+                            reply_to=_check_reply_to(reply_to), is_hosted=False,
+                            is_verified=False, transport="relay")
+    session.add(identity)
+    session.flush()
+    return identity
+
+
+def send_confirmation(session: Session, identity: SendIdentity,
+                      confirm_link: Callable[[str], str]) -> str:
+    """Mail a fresh confirmation code (and link) to the address through the org relay.
+
+    Returns the code (tests and the CLI use it; the web never shows it).
+    """
+    from webapp.services.outbox import queue_system_message
+
+    code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(10))
+    identity.verify_token_hash = _hash_code(code)
+    identity.verify_sent_at = utcnow()
+    identity.verify_attempts = 0
+    user = session.get(User, identity.user_id)
+    text = (f"{user.email} asked to send mail as {identity.email}.\n\n"
+            f"To allow it, open this link while signed in:\n{confirm_link(code)}\n\n"
+            f"or enter this code in Settings » Send Mail As: {code}\n\n"
+            "If you did not ask for this, ignore this message: nothing happens without the code.")
+    queue_system_message(session, identity.org_id, identity.email,
+                         f"Confirm {identity.email} for sending", text)
+    return code
+
+
+def confirm_identity(session: Session, identity: SendIdentity, code: str) -> None:
+    """Mark the address confirmed if the code matches; SendAsError otherwise."""
+    if identity.is_verified:
+        return
+    if not identity.verify_token_hash or identity.verify_sent_at is None \
+            or utcnow() - identity.verify_sent_at > CODE_LIFETIME:
+        raise SendAsError("This code has expired. Send a new one.")
+    if identity.verify_attempts >= MAX_CONFIRM_ATTEMPTS:
+        raise SendAsError("Too many wrong codes. Send a new one.")
+    if not hmac.compare_digest(identity.verify_token_hash, _hash_code(code or "")):
+        identity.verify_attempts += 1
+        raise SendAsError("That code is not right. Check the message sent to "
+                          f"{identity.email} and try again.")
+    identity.is_verified = True
+    identity.verify_token_hash = ""
+
+
+def update_identity(session: Session, identity: SendIdentity, *, display_name: str,
+                    reply_to: str, transport: str, smtp_host: str = "", smtp_port: int = 587,
+                    smtp_security: str = "starttls", smtp_username: str = "",
+                    smtp_password: str | None = None) -> None:
+    """Change name, reply-to and transport; a None password keeps the stored one."""
+    if transport not in TRANSPORTS:
+        raise SendAsError("Choose the organization relay or your own SMTP server.")
+    identity.display_name = _check_text("Name", display_name, 200)
+    identity.reply_to = _check_reply_to(reply_to)
+    if transport == "smtp":
+        host = _check_text("SMTP server", smtp_host, 253)
+        if not host or " " in host:
+            raise SendAsError("Enter the SMTP server's name (for example smtp.gmail.com).")
+        if smtp_security not in SECURITIES:
+            raise SendAsError("Choose SSL, STARTTLS or none.")
+        if not 1 <= int(smtp_port) <= 65535:
+            raise SendAsError("The port is a number from 1 to 65535.")
+        identity.smtp_host = host
+        identity.smtp_port = int(smtp_port)
+        identity.smtp_security = smtp_security
+        identity.smtp_username = _check_text("Username", smtp_username, 320)
+        if smtp_password:
+            identity.smtp_password_encrypted = encrypt_secret(
+                current_app.config["MAIL_SECRET_KEYS"], smtp_password)
+        elif smtp_password is not None and not identity.smtp_username:
+            identity.smtp_password_encrypted = ""
+    identity.transport = transport
+
+
+def delete_identity(session: Session, identity: SendIdentity) -> None:
+    """Delete an external address (the hosted one stays)."""
+    if identity.is_hosted:
+        raise SendAsError("Your own address cannot be removed.")
+    session.delete(identity)
+    session.flush()
+
+
+def smtp_password(identity: SendIdentity) -> str:
+    """The identity's decrypted SMTP password ('' when none is stored)."""
+    if not identity.smtp_password_encrypted:
+        return ""
+    return decrypt_secret(current_app.config["MAIL_SECRET_KEYS"], identity.smtp_password_encrypted)
