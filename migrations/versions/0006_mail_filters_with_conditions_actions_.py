@@ -1,7 +1,7 @@
 """Mail filters with conditions, actions, labels, filter hits and apply runs
 
 Revision ID: 0006
-Revises: 0007
+Revises: 0005
 
 Filters' move-action folder is ON DELETE SET NULL: a deleted folder disables the filter
 (with a notice) at the next delivery instead of blocking the folder's deletion.
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0006'
-down_revision = '0007'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
