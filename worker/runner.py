@@ -30,12 +30,22 @@ class AppWorker(SimpleWorker):
 
 def run_worker(app, queues: list[str], burst: bool = False, with_scheduler: bool = True,
                name: str | None = None) -> bool:
-    """Run an RQ worker on the app's Redis until stopped (or until empty with burst)."""
+    """Run an RQ worker on the app's Redis until stopped (or until empty with burst).
+
+    With the scheduler (and not in burst mode) the worker also runs the POP sweeper,
+    which enqueues every POP account that is due (worker/scheduler.py).
+    """
     from webapp.queue import get_queue, get_redis
+    from worker.scheduler import start_sweeper
 
     connection = get_redis(app)
     AppWorker.flask_app = app
     worker = AppWorker([get_queue(q, app) for q in queues], connection=connection, name=name)
     log.info("worker %s listening on %s", worker.name, ", ".join(queues))
-    return worker.work(burst=burst, with_scheduler=with_scheduler,
-                       logging_level=app.config.get("RQ_LOG_LEVEL", "INFO"))
+    sweeper = start_sweeper(app) if with_scheduler and not burst else None
+    try:
+        return worker.work(burst=burst, with_scheduler=with_scheduler,
+                           logging_level=app.config.get("RQ_LOG_LEVEL", "INFO"))
+    finally:
+        if sweeper is not None:
+            sweeper.stop()
