@@ -1,0 +1,50 @@
+"""Fixtures of the sending tests: an organization relay pointing at a real aiosmtpd."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from webapp.extensions import db
+from webapp.models._types import utcnow
+from webapp.models.sending import OrgRelay, OutgoingMessage
+from webapp.services.secrets import encrypt_secret
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_sessions():
+    """Every test starts and ends without SMTP sessions kept for reuse."""
+    from worker.jobs.send import close_cached_connections
+
+    close_cached_connections()
+    yield
+    close_cached_connections()
+
+
+@pytest.fixture
+def use_relay(app, org):
+    """Point an organization's relay at a started test server (optionally with a login)."""
+    def configure(server, *, org_id: int | None = None, username: str = "", password: str = "",
+                  security: str = "none", daily_limit_user: int = 0, daily_limit_org: int = 0,
+                  envelope_policy: str = "hosted") -> OrgRelay:
+        org_id = org_id or org.id
+        relay = db.session.query(OrgRelay).filter_by(org_id=org_id).one_or_none() or \
+            OrgRelay(org_id=org_id)
+        relay.host, relay.port, relay.security = server.host, server.port, security
+        relay.username = username
+        relay.password_encrypted = encrypt_secret(app.config["MAIL_SECRET_KEYS"], password) \
+            if password else ""
+        relay.daily_limit_user, relay.daily_limit_org = daily_limit_user, daily_limit_org
+        relay.envelope_policy = envelope_policy
+        db.session.add(relay)
+        db.session.commit()
+        return relay
+    return configure
+
+
+def make_due(outgoing_id: int) -> None:
+    """Skip the backoff wait of a message in retry-wait (the test's clock moves on)."""
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == outgoing_id)
+                       .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
