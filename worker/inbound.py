@@ -325,20 +325,17 @@ class SubmissionHandler(_Handler):
 def _queue_submission(session, user_id: int, raw: bytes, mail_from: str, rcpt_tos: list[str],
                       queue_id: str) -> str:
     """Hand a submitted message to the outbox in one transaction; return the reply."""
-    from webapp.models import User
+    from webapp.services.outbox import OutboxError, queue_raw_submission
 
     try:
-        user = session.get(User, user_id)
-        if user is None or user.is_disabled:
-            return rules.REPLY_AUTH_REQUIRED
-        try:
-            from webapp.services.outbox import queue_raw_submission
-        except ImportError:
-            log.error("inbound submission: webapp.services.outbox is not available")
-            return rules.REPLY_TEMPORARY
-        queue_raw_submission(session, user_id, raw, mail_from, rcpt_tos)
+        outgoing = queue_raw_submission(session, user_id, raw, mail_from, rcpt_tos)
         session.commit()
-        return f"250 2.0.0 queued as {queue_id}"
+        return f"250 2.0.0 queued as {queue_id} (outgoing {outgoing.id})"
+    except OutboxError as error:
+        # The outbox's refusals are the user's to fix (sender not theirs, account disabled):
+        # permanent, with its words so the mail client can show them.
+        session.rollback()
+        return f"550 5.7.1 {rules.reply_text(str(error))}"
     except Exception as error:
         session.rollback()
         log.error("inbound submission qid=%s failed, answering 451 (%s: %s)", queue_id,

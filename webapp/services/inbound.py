@@ -197,10 +197,24 @@ def authenticate_submitter(session: Session, conn: redis.Redis, limits: throttle
 
 
 def allowed_senders(session: Session, user_id: int) -> set[str]:
-    """Envelope senders a user may submit with: their hosted addresses (lowercase)."""
-    emails = session.scalars(select(MailAccount.email).where(
+    """Envelope senders a user may submit with: hosted addresses and confirmed Send Mail As ones.
+
+    The same rule as the outbox's (`queue_raw_submission`), checked at MAIL FROM so that a
+    client learns it before sending the data.
+    """
+    from webapp.models.sending import SendIdentity
+
+    hosted = session.scalars(select(MailAccount.email).where(
         MailAccount.user_id == user_id, MailAccount.kind == "hosted")).all()
-    return {email.lower() for email in emails}
+    confirmed = session.scalars(select(SendIdentity.email).where(
+        SendIdentity.user_id == user_id, SendIdentity.is_verified.is_(True))).all()
+    return {email.lower() for email in (*hosted, *confirmed)}
+
+
+def reply_text(text: str, limit: int = 400) -> str:
+    """A message made safe for one SMTP reply line: ASCII, no line breaks, bounded."""
+    flat = " ".join(text.split())
+    return flat.encode("ascii", "replace").decode("ascii")[:limit]
 
 
 def check_sender(session: Session, user_id: int, mail_from: str) -> str:
