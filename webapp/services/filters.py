@@ -71,6 +71,7 @@ class FilterDecision:
     labels: list[str] = field(default_factory=list)
     forward_to: list[str] = field(default_factory=list)
     regex_timeouts: int = 0
+    body_parsed: bool = False  # a body condition made delivery parse the whole message
 
 
 @dataclass
@@ -225,6 +226,12 @@ class _Matcher:
         return all(map(test, ordered)) if filter_.match_all else any(map(test, ordered))
 
 
+def filter_matches(filter_: Filter, facts: MessageFacts,
+                   timeout: float = REGEX_TIMEOUT_SECONDS) -> bool:
+    """Whether one filter's conditions hold for a message (the rule delivery and apply share)."""
+    return _Matcher(timeout).matches(filter_, facts)
+
+
 def compile_regex(pattern: str, case_sensitive: bool = False):
     """Compile a user's pattern, or raise FilterError with the compiler's own words."""
     if len(pattern) > MAX_REGEX_CHARS:
@@ -254,8 +261,8 @@ def _enabled_filters(session: Session, user_id: int) -> list[Filter]:
 
 
 def _user_folders(session: Session, user_id: int) -> dict[int, str | None]:
-    return dict(session.execute(select(Folder.id, Folder.role).where(Folder.user_id == user_id))
-                .tuples().all())
+    rows = session.execute(select(Folder.id, Folder.role).where(Folder.user_id == user_id))
+    return {folder_id: role for folder_id, role in rows}
 
 
 def _broken(filter_: Filter, folders: dict[int, str | None]) -> bool:
@@ -309,6 +316,7 @@ def decide(session: Session, user_id: int, envelope: Envelope, raw: bytes) -> Fi
             break
     _record_timeouts(session, filters, matcher.timeouts)
     decision.regex_timeouts = sum(matcher.timeouts.values())
+    decision.body_parsed = facts._body is not None
     chosen = placed_by or first_acting
     if chosen is not None:
         decision.filter_id, decision.filter_name = chosen.id, chosen.name
