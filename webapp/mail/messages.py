@@ -109,12 +109,14 @@ def message_show(message_id: int):
     form.target_folder.choices = [(0, "Move to…")] + [(f.id, f.name) for f in folders
                                                        if f.id != message.folder_id]
     envelope = parsed.envelope if parsed is not None else None
+    # A missing Message-ID is common and harmless; anything else means the sender's bytes are off.
+    damaged = parsed is not None and any(d != "missing Message-ID" for d in parsed.defects)
     return render_mail_page(
         "mail/message.html", current_folder_id=message.folder_id, message=message,
         parsed=parsed, envelope=envelope, raw_missing=raw is None,
         subject=(envelope.subject if envelope and envelope.subject else message.subject)
         or ("(no subject)" if parsed is not None else UNREADABLE_SUBJECT),
-        text_html=text_html, allow_remote=allow_remote, blocked_remote=blocked_remote,
+        damaged=damaged, text_html=text_html, allow_remote=allow_remote, blocked_remote=blocked_remote,
         form=form)
 
 
