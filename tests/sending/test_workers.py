@@ -1,0 +1,130 @@
+"""Real `flask worker` processes: daily limits under concurrency, and recovery after kill -9."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from email import message_from_bytes
+from typing import Any
+
+from sqlalchemy import select, update
+
+from tests.conftest import PROJECT_ROOT
+from tests.fixtures.smtpserver import ScriptedHandler
+from webapp.extensions import db
+from webapp.models._types import utcnow
+from webapp.models.sending import OutgoingMessage, SendCounter
+from webapp.services import outbox
+from worker.jobs.send import recover
+
+FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
+
+
+def _worker(cli_env, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*FLASK, "worker", "--queues", "send", "--no-scheduler", *extra],
+                            cwd=PROJECT_ROOT, env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def _queue_many(user, count: int) -> list[int]:
+    ids = []
+    for n in range(count):
+        ids.append(outbox.queue_message(db.session, user, None, f"to{n}@remote.example", "", "",
+                                        f"Message {n}", "Body\n", None, [], None, None).id)
+    db.session.commit()
+    return ids
+
+
+def test_daily_limit_holds_under_three_concurrent_workers(app, user, smtp_server, use_relay,
+                                                          cli_env):
+    limit = 7
+    server = smtp_server()
+    use_relay(server, daily_limit_user=limit)
+    ids = _queue_many(user, limit + 5)
+
+    workers = [_worker(cli_env, "--burst") for _ in range(3)]
+    outputs = [w.communicate(timeout=240)[0].decode(errors="replace") for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+
+    db.session.expire_all()
+    states = db.session.scalars(select(OutgoingMessage.state)
+                                .where(OutgoingMessage.id.in_(ids))).all()
+    assert sorted(states) == ["failed"] * 5 + ["sent"] * limit, outputs
+    assert len(server.messages) == limit
+    assert db.session.scalar(select(SendCounter.count).where(SendCounter.scope == "user")) == limit
+    failed = db.session.scalars(select(OutgoingMessage).where(OutgoingMessage.state == "failed"))
+    assert all(m.last_error_kind == "limit" and "daily sending limit" in m.last_error_message
+               for m in failed)
+
+
+def test_org_limit_does_not_use_up_the_users_count(app, org, user, smtp_server, use_relay):
+    from worker.jobs.send import send_message
+
+    server = smtp_server()
+    use_relay(server, daily_limit_user=10, daily_limit_org=2)
+    ids = _queue_many(user, 3)
+    assert [send_message(i) for i in ids] == ["sent", "sent", "failed"]
+    assert outbox.sent_today(db.session, "user", user.id) == 2
+    assert outbox.sent_today(db.session, "org", org.id) == 2
+    # A retry of a counted message is not counted again.
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == ids[0])
+                       .values(state="retry-wait", next_attempt_at=utcnow()))
+    db.session.commit()
+    send_message(ids[0])
+    assert outbox.sent_today(db.session, "org", org.id) == 2
+
+
+class GateBeforeData(ScriptedHandler):
+    """Holds every RCPT until the test opens the gate, so a worker can be killed before DATA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached_rcpt = threading.Event()
+        self.gate = threading.Event()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        self.reached_rcpt.set()
+        while not self.gate.is_set():
+            await asyncio.sleep(0.02)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+def test_kill_9_before_data_leaves_exactly_one_copy_after_recovery(app, user, smtp_server,
+                                                                   use_relay, cli_env):
+    server = smtp_server()
+    gated = GateBeforeData()
+    server.controller.handler = server.handler = gated  # new sessions get the gated handler
+    use_relay(server)
+    (outgoing_id,) = _queue_many(user, 1)
+
+    victim = _worker(cli_env)
+    try:
+        assert gated.reached_rcpt.wait(120), "the worker never reached RCPT"
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=30)
+    gated.gate.set()  # the dead worker's session now ends without DATA
+
+    db.session.expire_all()
+    row = db.session.get(OutgoingMessage, outgoing_id)
+    assert row.state == "sending" and server.messages == []
+    assert recover(db.session) == []  # the claim's lease has not expired yet
+    # Time passes: the lease of the dead worker's claim runs out.
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == outgoing_id)
+                       .values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    assert recover(db.session) == [outgoing_id]
+
+    survivor = _worker(cli_env, "--burst")
+    output = survivor.communicate(timeout=120)[0].decode(errors="replace")
+    db.session.expire_all()
+    row = db.session.get(OutgoingMessage, outgoing_id)
+    assert row.state == "sent", output
+    copies = [m for m in server.messages
+              if message_from_bytes(m.data)["Message-ID"] == row.message_id]
+    assert len(copies) == 1 and len(server.messages) == 1
