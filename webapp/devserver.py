@@ -17,6 +17,8 @@ from sqlalchemy import func, select
 from webapp.extensions import db
 
 DEMO_DOMAIN = "demo.example.com"
+INBOUND_PORT = 2525  # SMTP delivery for the hosted domains (25 needs root; an MTA can forward)
+SUBMISSION_PORT = 2587  # AUTH submission for mail clients (plain only from loopback)
 DEMO_ADMIN = f"admin@{DEMO_DOMAIN}"
 
 
@@ -61,8 +63,9 @@ def _wait_for_port(host: str, port: int, child: subprocess.Popen, timeout: float
             time.sleep(0.2)
 
 
-def run_everything(app: Flask, host: str, port: int) -> None:
-    """Migrate, start embedded Redis, the worker and the web server; stop all on Ctrl-C."""
+def run_everything(app: Flask, host: str, port: int, inbound_port: int = INBOUND_PORT,
+                   submission_port: int = SUBMISSION_PORT) -> None:
+    """Migrate, then run embedded Redis, worker, web and inbound listener until Ctrl-C."""
     from flask_migrate import upgrade
 
     from webapp.queue import embedded_redis, stop_embedded
@@ -82,6 +85,8 @@ def run_everything(app: Flask, host: str, port: int) -> None:
         "worker": _spawn(["worker"], env),
         "web": _spawn(["run", "--host", host, "--port", str(port), "--no-reload",
                        "--no-debugger"], env),
+        "inbound": _spawn(["inbound", "--host", host, "--port", str(inbound_port),
+                           "--submission-port", str(submission_port)], env),
     }
     stopping = False
 
@@ -93,8 +98,12 @@ def run_everything(app: Flask, host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     _wait_for_port(host, port, children["web"])
+    _wait_for_port(host, inbound_port, children["inbound"])
     click.echo("")
     click.echo(f"SkyDesk Mail is running at http://{host}:{port}/")
+    click.echo(f"Mail for the hosted domains (e.g. @{DEMO_DOMAIN}) is received by SMTP on "
+               f"{host}:{inbound_port}; mail clients send on {host}:{submission_port} "
+               "(AUTH with the web login)")
     if login:
         click.echo(f"Log in as {login[0]} with password {login[1]}")
     click.echo("Press Ctrl-C to stop everything.")

@@ -408,7 +408,16 @@ def start_listener(app: Flask, host: str, port: int, *, mode: Mode = "smtp",
         handler, lmtp=mode == "lmtp", hostname=host, port=port, ready_timeout=10.0,
         server_hostname=hostname or app.config.get("INBOUND_HOSTNAME") or socket.getfqdn(),
         **options)
-    controller.start()
+    try:
+        controller.start()
+    except BaseException:
+        # A failed start (port taken) leaves aiosmtpd's loop open: close it and the pool.
+        controller.stop(no_assert=True)
+        if not controller.loop.is_closed():
+            controller.loop.close()
+        if executor is None:
+            pool.shutdown(wait=False)
+        raise
     if executor is None:
         controller.owned_executor = pool  # type: ignore[attr-defined]
     log.info("inbound %s listening on %s:%d%s", mode, host, port,
