@@ -314,6 +314,10 @@ def decide(session: Session, user_id: int, envelope: Envelope, raw: bytes) -> Fi
                 stop = True
         if stop:
             break
+    if decision.forward_to and _is_automatic(facts):
+        # RFC 3834: never forward an automatic message (a bounce, an autoreply, a forward
+        # of ours); two filters forwarding to each other would otherwise loop.
+        decision.forward_to = []
     _record_timeouts(session, filters, matcher.timeouts)
     decision.regex_timeouts = sum(matcher.timeouts.values())
     decision.body_parsed = facts._body is not None
@@ -321,6 +325,11 @@ def decide(session: Session, user_id: int, envelope: Envelope, raw: bytes) -> Fi
     if chosen is not None:
         decision.filter_id, decision.filter_name = chosen.id, chosen.name
     return decision
+
+
+def _is_automatic(facts: MessageFacts) -> bool:
+    values = facts.header_values("Auto-Submitted")
+    return any(v.strip().lower() not in ("", "no") for v in values)
 
 
 def after_delivery(session: Session, message: Message, decision: FilterDecision) -> None:
@@ -331,13 +340,16 @@ def after_delivery(session: Session, message: Message, decision: FilterDecision)
     if decision.labels:
         _add_labels(session, message.user_id, [message.id], decision.labels)
     for address in decision.forward_to:
+        from webapp.services.outbox import queue_forward
+
+        # A forward that cannot be queued (daily limit, no sending address) must never
+        # undo the delivery: the savepoint drops its half-written rows, the message stays.
         try:
-            from webapp.services.outbox import queue_forward
-        except ImportError:
-            log.error("filter %s: forwarding is not available; %s not forwarded to %s",
-                      decision.filter_id, message.id, address)
-            break
-        queue_forward(session, message.user_id, message.id, address)
+            with session.begin_nested():
+                queue_forward(session, message.user_id, message.id, address)
+        except Exception as exc:
+            log.warning("filter %s: message %s not forwarded to %s: %s",
+                        decision.filter_id, message.id, address, exc)
 
 
 def filter_name_for(session: Session, message_pk: int) -> str | None:
