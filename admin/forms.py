@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, DecimalField, IntegerField, RadioField, SelectField, \
-    StringField, SubmitField, TextAreaField
+from wtforms import BooleanField, DecimalField, IntegerField, RadioField, SelectChoice, \
+    SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 QUOTA_HELP = "In GB (1 GB = 1024³ bytes). Leave empty for the default."
+
+
+def choices(pairs: list[tuple]) -> list[SelectChoice]:
+    """(value, label) pairs as WTForms choices (tuples are deprecated in WTForms 3.3)."""
+    return [SelectChoice(value, label) for value, label in pairs]
 
 
 class UserAddForm(FlaskForm):
@@ -15,9 +20,9 @@ class UserAddForm(FlaskForm):
     email = StringField("Email address", validators=[DataRequired(), Length(max=320)],
                         description="On one of the organization's domains.")
     display_name = StringField("Display name", validators=[Optional(), Length(max=200)])
-    credential = RadioField("First password", default="invite", choices=[
+    credential = RadioField("First password", default="invite", choices=choices([
         ("invite", "Invitation link (the user chooses their password; valid 7 days)"),
-        ("password", "One-time password (the user must change it at first login)")])
+        ("password", "One-time password (the user must change it at first login)")]))
     recovery_email = StringField("Recovery address", validators=[Optional(), Length(max=320)],
                                  description="Outside this organization's mailboxes; "
                                              "\"Forgot password?\" links are mailed there.")
@@ -42,8 +47,8 @@ class UserEditForm(FlaskForm):
 class UserDeleteForm(FlaskForm):
     """Confirmation of a deletion, with what becomes of the user's CRM records."""
 
-    crm_records = RadioField("Their CRM records", default="reassign", choices=[
-        ("reassign", "Give them to another user"), ("delete", "Delete them")])
+    crm_records = RadioField("Their CRM records", default="reassign", choices=choices([
+        ("reassign", "Give them to another user"), ("delete", "Delete them")]))
     reassign_to = SelectField("Give them to", coerce=int, validate_choice=False)
     confirm_email = StringField("Type the user's address to confirm",
                                 validators=[DataRequired(), Length(max=320)])
@@ -53,9 +58,9 @@ class UserDeleteForm(FlaskForm):
 class PasswordResetForm(FlaskForm):
     """How the admin hands the user a way back in."""
 
-    method = RadioField("Method", default="link", choices=[
+    method = RadioField("Method", default="link", choices=choices([
         ("link", "Reset link (single use, valid one hour)"),
-        ("password", "One-time password (must be changed at first login)")])
+        ("password", "One-time password (must be changed at first login)")]))
     mail_link = BooleanField("Also mail the link to the user's recovery address")
     submit = SubmitField("Reset password")
 

@@ -9,7 +9,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select
 
 from admin.blueprint import bp, register_menu
-from admin.forms import PasswordResetForm, UserAddForm, UserDeleteForm, UserEditForm
+from admin.forms import PasswordResetForm, UserAddForm, UserDeleteForm, UserEditForm, choices
 from admin.views.audit import audit_admin
 from webapp.auth.forms import EmptyForm
 from webapp.auth.reset import public_link, reset_mail_text
@@ -166,7 +166,7 @@ def users_delete(user_id: int):
     others = db.session.scalars(select(User).where(User.org_id == current_user.org_id,
                                                    User.id != user.id).order_by(User.email)).all()
     form = UserDeleteForm()
-    form.reassign_to.choices = [(u.id, u.email) for u in others]
+    form.reassign_to.choices = choices([(u.id, u.email) for u in others])
     crm_available = accounts_admin.crm_reassignment_available()
     if form.validate_on_submit():
         reassigning = crm_available and form.crm_records.data == "reassign"
