@@ -114,6 +114,33 @@ def probe_server(host: str, port: int, security: str, username: str, password: s
     return {"messages": messages, "octets": octets, "uidls": uidls}
 
 
+@dataclass
+class ConnectionCheck:
+    """The outcome of a connection test, in words for the settings page."""
+
+    ok: bool
+    message: str
+    kind: str = ""
+    messages: int = 0
+    uidls: list[str] | None = None
+
+
+def check_connection(host: str, port: int, security: str, username: str, password: str, *,
+                     ca_bundle: str | None, timeout: float, want_uidls: bool = False) -> ConnectionCheck:
+    """Test the settings against the server; never raises for a server or network failure."""
+    from worker.pop3 import PopError
+
+    try:
+        found = probe_server(host, port, security, username, password, ca_bundle=ca_bundle,
+                             timeout=timeout, want_uidls=want_uidls)
+    except PopError as exc:
+        return ConnectionCheck(False, exc.user_message, exc.kind)
+    count = found["messages"]
+    return ConnectionCheck(True, f"Connected and logged in: {count} message"
+                           f"{'' if count == 1 else 's'} on the server.", messages=count,
+                           uidls=found.get("uidls"))
+
+
 def _enqueue_fetch_after_commit(session: Session, account_id: int, job_timeout: int) -> None:
     from webapp.queue import enqueue_after_commit
 
