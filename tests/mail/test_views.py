@@ -226,7 +226,7 @@ def test_html_message_is_framed_sandboxed_and_remote_images_wait(reader, user):
     assert "frame-ancestors 'self'" in csp and "script-src" not in csp
     text = body.data.decode()
     assert "tracker.example" not in text and "<script" not in text
-    assert f'src="/mail/message/{message.id}/cid/logo@x"' in text
+    assert re.search(rf'src="/mail/message/{message.id}/cid/logo@x\?t=[\w.-]+"', text)
     shown = reader.get(f"/mail/message/{message.id}?remote=1").data.decode()
     assert "remote images blocked" not in shown
     assert f'src="/mail/message/{message.id}/body?remote=1"' in shown
@@ -298,6 +298,24 @@ def test_cid_images_inline_only_as_raster(reader, user):
         assert response.headers["Content-Disposition"].startswith("inline")
         assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert reader.get(f"/mail/message/{message.id}/cid/missing@x").status_code == 404
+
+
+def test_cid_images_load_by_signed_token_without_the_session_cookie(app, client, user, login_as):
+    """The sandboxed body frame's image requests carry no session cookie (cross-site for
+    SameSite); the cid: URL's token names the owner and the message instead."""
+    message = deliver_raw(user, html_mail('<p><img src="cid:logo@x"></p>', inline_images={"logo@x": PNG}))
+    other = deliver_raw(user, html_mail('<p><img src="cid:logo@x"></p>', inline_images={"logo@x": PNG}))
+    login_as(user)
+    body = client.get(f"/mail/message/{message.id}/body").data.decode()
+    url = re.search(r'src="([^"]+/cid/[^"]+)"', body).group(1).replace("&amp;", "&")
+    anonymous = app.test_client()
+    with anonymous.get(url) as response:
+        assert response.status_code == 200 and response.data == PNG
+    token = url.split("t=", 1)[1]
+    assert anonymous.get(f"/mail/message/{other.id}/cid/logo@x?t={token}").status_code == 404
+    assert anonymous.get(f"/mail/message/{message.id}/cid/logo@x?t={token}x").status_code == 404
+    response = anonymous.get(f"/mail/message/{message.id}/cid/logo@x")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
 def test_search_page(reader, user):

@@ -14,6 +14,7 @@ import unicodedata
 from flask import (Response, abort, current_app, flash, redirect, render_template, request,
                    send_file, url_for)
 from flask_login import current_user, login_required
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from webapp.extensions import db
 from webapp.mail.blueprint import bp
@@ -35,6 +36,10 @@ _ACTIVE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xm
 _INLINE_IMAGE_TYPES = {"image/png", "image/gif", "image/jpeg", "image/pjpeg", "image/webp",
                        "image/bmp"}
 _DOWNLOAD_CSP = "default-src 'none'; sandbox"
+# The body frame is sandboxed without the app's origin, and Chromium treats its subresource
+# requests as cross-site: the SameSite=Lax session cookie is not sent with them. Its cid:
+# images therefore carry a signed token that names the owner and the message, valid this long.
+CID_TOKEN_MAX_AGE = 12 * 3600
 
 
 @bp.app_template_filter("mail_date")
@@ -73,10 +78,32 @@ def _parse(raw: bytes | None) -> ParsedMessage | None:
         return None
 
 
+def _cid_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="mail-cid-image")
+
+
 def _cid_url(message_id: int):
+    token = _cid_signer().dumps([current_user.id, message_id])
+
     def build(content_id: str) -> str:
-        return url_for("mail.message_cid", message_id=message_id, content_id=content_id)
+        return url_for("mail.message_cid", message_id=message_id, content_id=content_id, t=token)
     return build
+
+
+def _cid_owner(message_id: int) -> int | None:
+    """Who may see this message's inline images: the signed-in user, or the token's owner."""
+    if current_user.is_authenticated:
+        return current_user.id
+    token = request.args.get("t")
+    if not token:
+        return None
+    try:
+        user_id, signed_message_id = _cid_signer().loads(token, max_age=CID_TOKEN_MAX_AGE)
+    except (BadSignature, ValueError, TypeError):
+        abort(404)
+    if signed_message_id != message_id:
+        abort(404)
+    return int(user_id)
 
 
 def _sanitized(message: Message, parsed: ParsedMessage, allow_remote: bool):
@@ -192,10 +219,15 @@ def message_part(message_id: int, part_id: str):
 
 
 @bp.route("/message/<int:message_id>/cid/<path:content_id>")
-@login_required
 def message_cid(message_id: int, content_id: str):
     """An inline image that the HTML body references as cid: (raster images only inline)."""
-    message = owned_or_404(mailbox.get_message, message_id)
+    owner = _cid_owner(message_id)
+    if owner is None:
+        return current_app.login_manager.unauthorized()
+    try:
+        message = mailbox.get_message(db.session, owner, message_id)
+    except mailbox.NotFoundError:
+        abort(404)
     raw = _load_raw(message)
     part_id = find_content_id(raw, content_id) if raw is not None else None
     found = get_part(raw, part_id) if part_id else None
