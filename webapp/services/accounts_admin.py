@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import secrets
 from datetime import datetime, timedelta
 
@@ -20,6 +21,8 @@ from webapp.models._types import utcnow
 from webapp.models.security import TOKEN_PURPOSES, CredentialToken, RecoveryAddress
 from webapp.services.directory import DirectoryError, create_user, normalize_email
 from webapp.services.passwords import WeakPasswordError, check_strength, hash_password
+
+log = logging.getLogger("skydesk.admin")
 
 TOKEN_LIFETIMES = {"reset": timedelta(hours=1), "invite": timedelta(days=7)}
 MAX_QUOTA_BYTES = 100 * 1024**4
@@ -284,7 +287,10 @@ def delete_user(session: Session, user: User, *, actor_id: int,
             raise AdminRuleError("Choose another user of this organization to take the records.")
     crm = _crm_records()
     if crm is not None:
-        crm.reassign_or_delete(session, user.org_id, user.id, reassign_to_id)
+        try:
+            crm.reassign_or_delete(session, user.org_id, user.id, reassign_to_id)
+        except ValueError as exc:  # the CRM's RecordsTransferError
+            raise AdminRuleError(str(exc)) from None
     counts = session.execute(select(Message.blob_sha256, func.count())
                              .where(Message.user_id == user.id)
                              .group_by(Message.blob_sha256)).all()
@@ -310,5 +316,10 @@ def send_system_mail(session: Session, org_id: int, to_addr: str, subject: str,
     queue = getattr(outbox, "queue_system_message", None)
     if queue is None:
         return False
-    queue(session, org_id, to_addr, subject, text)
+    try:
+        with session.begin_nested():
+            queue(session, org_id, to_addr, subject, text)
+    except ValueError as exc:  # the outbox's refusals (no domain, relay not set up)
+        log.warning("system mail to the recovery address not queued: %s", exc)
+        return False
     return True
