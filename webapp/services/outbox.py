@@ -9,6 +9,7 @@ after the commit (`enqueue_after_commit`).
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
@@ -22,7 +23,8 @@ from webapp.models._types import utcnow
 from webapp.models.sending import (OrgRelay, OutgoingMessage, OutgoingRecipient, SendCounter,
                                    SendIdentity)
 from webapp.services import blobs, compose, quota
-from webapp.services.mime import parse_envelope, parse_message, get_part
+from webapp.services.delivery import deliver
+from webapp.services.mime import get_part, parse_envelope, parse_message
 from webapp.services.secrets import decrypt_secret
 
 SEND_QUEUE = "send"
@@ -278,7 +280,9 @@ def forward_parts(raw: bytes) -> tuple[str, str, list[compose.Attachment]]:
         found = get_part(raw, part.part_id)
         if found is not None:
             content_type, filename, data = found
-            attachments.append((filename or part.filename or "attachment", content_type, data))
+            # A received name may carry encoded line breaks (RFC 2231): fold, never refuse.
+            name = clean_header_text(filename or part.filename or "") or "attachment"
+            attachments.append((name, content_type, data))
     subject = env.subject if env.subject.lower().startswith("fwd:") else f"Fwd: {env.subject}"
     return subject, text, attachments
 
@@ -311,23 +315,70 @@ def queue_forward(session: Session, user_id: int, message_id: int, to_addr: str
 # --- drafts ---------------------------------------------------------------------------
 
 
-def delete_message_for_good(session: Session, message: Message) -> None:
-    """Delete a stored message row, releasing its quota and blob reference (same transaction)."""
-    quota.refund(session, message.user_id, message.size)
-    blobs.drop_reference(session, message.blob_sha256)
-    session.delete(message)
-    session.flush()
-
-
 def delete_draft(session: Session, user_id: int, draft_id: int) -> bool:
-    """Delete the user's draft (a message in their Drafts folder); False if there is none."""
+    """Delete the user's draft (a message in their Drafts folder), releasing its quota and
+    blob in the same transaction; False if there is no such draft."""
+    from webapp.services.mailbox import delete_forever
+
     draft = session.scalar(
-        select(Message).join(Folder, Folder.id == Message.folder_id)
+        select(Message.id).join(Folder, Folder.id == Message.folder_id)
         .where(Message.id == draft_id, Message.user_id == user_id, Folder.role == "drafts"))
     if draft is None:
         return False
-    delete_message_for_good(session, draft)
-    return True
+    return bool(delete_forever(session, user_id, [draft]))
+
+
+def _draft_addresses(value: str | Sequence[compose.AddressInput], field: str
+                     ) -> tuple[list[compose.AddressInput], str | None]:
+    """A draft keeps what parses; a half-typed field is reported rather than blocking the save."""
+    try:
+        return _address_items(value, field), None
+    except compose.HeaderInjectionError:
+        raise
+    except compose.ComposeError as error:
+        return [], f"{field}: {error}"
+
+
+def save_draft(session: Session, user: User, identity_id: int | None,
+               to: str | Sequence[compose.AddressInput],
+               cc: str | Sequence[compose.AddressInput],
+               bcc: str | Sequence[compose.AddressInput], subject: str, text: str,
+               attachments: Sequence[compose.Attachment], in_reply_to: str | None,
+               references: str | Sequence[str] | None, replace_id: int | None = None
+               ) -> tuple[Message, list[str]]:
+    """Store the compose form as a message in Drafts, replacing the previous version.
+
+    Returns the new draft and the fields that could not be kept (half-typed addresses).
+    The old version is deleted (quota and blob released) in the same transaction.
+    Raises HeaderInjectionError for a line break in any header field.
+    """
+    identity = _load_identity(session, user, identity_id)
+    kept: dict[str, list[compose.AddressInput]] = {}
+    problems: list[str] = []
+    for field, value in (("To", to), ("Cc", cc), ("Bcc", bcc)):
+        kept[field], problem = _draft_addresses(value, field)
+        if problem:
+            problems.append(problem)
+    if isinstance(references, str):
+        references = references.split()
+    from_addr = (identity.display_name, identity.email)
+    msg = compose.build_message(
+        from_addr=from_addr, to=kept["To"], cc=kept["Cc"],
+        # build_message wants a recipient and never writes Bcc; a draft may have neither.
+        bcc=kept["Bcc"] or [from_addr], subject=subject, text=text, attachments=attachments,
+        message_id=compose.make_message_id(_domain_of(identity.email)),
+        in_reply_to=in_reply_to or None, references=references or ())
+    if kept["Bcc"]:
+        # Drafts keep Bcc (the sent message never does).
+        msg["Bcc"] = [compose.validated_address("Bcc", *pair) if isinstance(pair, tuple)
+                      else compose.validated_address("Bcc", "", pair) for pair in kept["Bcc"]]
+    raw = compose.as_bytes(msg)
+    if replace_id is not None:
+        delete_draft(session, user.id, replace_id)
+    delivered = deliver(session, hosted_account(session, user.id), raw,
+                        source_key=f"draft:{uuid.uuid4().hex}", folder_role="drafts",
+                        run_filters=False, is_read=True)
+    return delivered.message, problems
 
 
 def hosted_account(session: Session, user_id: int) -> MailAccount:
@@ -465,3 +516,63 @@ def due_for_sweep(session: Session, now: datetime | None = None) -> list[int]:
         | ((OutgoingMessage.state == "sending") & (OutgoingMessage.lease_until < now)))
     return list(session.scalars(stale.limit(1000)))
 
+
+
+# --- organization relay settings --------------------------------------------------------
+
+
+def get_or_create_relay(session: Session, org_id: int) -> OrgRelay:
+    """The org's relay row (a new, unsaved-to-disk one with defaults if there is none yet)."""
+    row = session.scalar(select(OrgRelay).where(OrgRelay.org_id == org_id))
+    if row is None:
+        row = OrgRelay(org_id=org_id, host="", port=587, security="starttls", username="",
+                       password_encrypted="", envelope_policy="hosted", envelope_sender="",
+                       daily_limit_user=500, daily_limit_org=5000)
+        session.add(row)
+    return row
+
+
+def save_relay(session: Session, org_id: int, *, host: str, port: int, security: str,
+               username: str, password: str | None, envelope_policy: str,
+               envelope_sender: str, daily_limit_user: int, daily_limit_org: int) -> dict:
+    """Change the org's relay settings; return what changed (passwords as "changed") for the audit.
+
+    A None or empty password keeps the stored one; OutboxError for bad values.
+    """
+    from webapp.models.sending import ENVELOPE_POLICIES, SECURITIES
+    from webapp.services.secrets import encrypt_secret
+
+    host = (host or "").strip().lower()
+    if any(c in host for c in " \r\n\x00/@"):
+        raise OutboxError("Enter the relay's host name only (for example smtp.example.com).")
+    if security not in SECURITIES:
+        raise OutboxError("Choose SSL, STARTTLS or none.")
+    if envelope_policy not in ENVELOPE_POLICIES:
+        raise OutboxError("Choose whose address the relay names as the envelope sender.")
+    envelope_sender = (envelope_sender or "").strip()
+    if envelope_policy == "fixed":
+        try:
+            parsed = compose.parse_address_list(envelope_sender, field="Envelope sender")
+        except compose.ComposeError as error:
+            raise OutboxError(str(error)) from None
+        if len(parsed) != 1:
+            raise OutboxError("Enter one envelope sender address (for example bounces@example.com).")
+        envelope_sender = parsed[0][1]
+    if not 1 <= int(port) <= 65535 or daily_limit_user < 0 or daily_limit_org < 0:
+        raise OutboxError("The port is 1 to 65535 and limits are 0 (no limit) or more.")
+    row = get_or_create_relay(session, org_id)
+    wanted = {"host": host, "port": int(port), "security": security,
+              "username": (username or "").strip(), "envelope_policy": envelope_policy,
+              "envelope_sender": envelope_sender, "daily_limit_user": int(daily_limit_user),
+              "daily_limit_org": int(daily_limit_org)}
+    changes = {}
+    for name, value in wanted.items():
+        if getattr(row, name) != value:
+            changes[name] = {"from": getattr(row, name), "to": value}
+            setattr(row, name, value)
+    if password:
+        row.password_encrypted = encrypt_secret(current_app.config["MAIL_SECRET_KEYS"], password)
+        changes["password"] = "changed"
+    row.updated_at = utcnow()
+    session.flush()
+    return changes

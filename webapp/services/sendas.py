@@ -191,3 +191,38 @@ def smtp_password(identity: SendIdentity) -> str:
     if not identity.smtp_password_encrypted:
         return ""
     return decrypt_secret(current_app.config["MAIL_SECRET_KEYS"], identity.smtp_password_encrypted)
+
+
+def test_smtp(host: str, port: int, security: str, username: str, password: str,
+              ca_bundle: str | None = None) -> tuple[bool, str]:
+    """Connect, secure and sign in (then QUIT); (True, what worked) or (False, what to fix)."""
+    from worker.smtp import SmtpError, test_connection  # the protocol client, only when asked
+
+    try:
+        test_connection(host, port, security=security, username=username or None,
+                        password=password or None, timeout=15.0, ca_bundle=ca_bundle)
+    except SmtpError as error:
+        return False, error.user_message
+    secured = {"ssl": "over SSL", "starttls": "with STARTTLS", "none": "without encryption"}
+    signed = f", signed in as {username}" if username else " (no sign-in)"
+    return True, f"Connected to {host}:{port} {secured.get(security, '')}{signed}. It works."
+
+
+def test_identity(session: Session, identity: SendIdentity) -> tuple[bool, str]:
+    """Test the transport this address sends through (its own server, or the org relay)."""
+    from webapp.services.outbox import relay_settings
+
+    ca_bundle = current_app.config.get("MAIL_CA_BUNDLE")
+    if identity.transport == "smtp":
+        return test_smtp(identity.smtp_host, identity.smtp_port, identity.smtp_security,
+                         identity.smtp_username, smtp_password(identity), ca_bundle)
+    relay = relay_settings(session, identity.org_id)
+    if not relay.configured:
+        return False, ("The organization's relay is not set up yet; ask your administrator "
+                       "(Admin » Relay & limits).")
+    return test_smtp(relay.host, relay.port, relay.security, relay.username, relay.password,
+                     ca_bundle)
+
+
+test_smtp.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
+test_identity.__test__ = False  # type: ignore[attr-defined]
