@@ -355,15 +355,32 @@ _LMTP_SERVER = _server_class(LMTP)
 
 
 class ListenerController(Controller):
-    """aiosmtpd's threaded controller, making our SMTP or LMTP server class per connection."""
+    """aiosmtpd's threaded controller, serving a socket we bound, with our SMTP or LMTP class.
 
-    def __init__(self, handler: _Handler, *, lmtp: bool = False, **kwargs: Any):
+    Binding first (instead of letting aiosmtpd bind in its thread) reports a busy port at
+    once rather than after aiosmtpd's ready timeout, and allows port 0 (any free port).
+    """
+
+    def __init__(self, handler: _Handler, *, sock: socket.socket, lmtp: bool = False,
+                 **kwargs: Any):
         self.server_class = _LMTP_SERVER if lmtp else _SMTP_SERVER
-        super().__init__(handler, **kwargs)
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        super().__init__(handler, hostname=host, port=port, **kwargs)
 
     def factory(self) -> SMTP:
         """One protocol object per connection."""
         return self.server_class(self.handler, **self.SMTP_kwargs)
+
+    def _create_server(self):
+        return self.loop.create_server(self._factory_invoker, sock=self.sock,
+                                       ssl=self.ssl_context)
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port); OSError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=100)
 
 
 def tls_context_from_config(config: Any) -> ssl.SSLContext | None:
@@ -384,10 +401,12 @@ def start_listener(app: Flask, host: str, port: int, *, mode: Mode = "smtp",
     """Start one listening port in a background thread and return its running controller.
 
     `mode`: "smtp" or "lmtp" for delivery to hosted mailboxes, "submission" for AUTH users.
-    Stop it with `controller.stop()`; a pool passed in is the caller's to shut down.
+    Port 0 picks a free port (read it from `controller.port`). Stop it with
+    `stop_listener(controller)`; a pool passed in is the caller's to shut down.
     """
     if mode not in ("smtp", "lmtp", "submission"):
         raise ValueError(f"unknown listener mode {mode!r}")
+    sock = bind_listening_socket(host, port)
     pool = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"inbound-{mode}")
     handler: _Handler = (SubmissionHandler if mode == "submission" else DeliveryHandler)(
         app, pool, mode)
@@ -405,22 +424,22 @@ def start_listener(app: Flask, host: str, port: int, *, mode: Mode = "smtp",
     if tls_context is not None and mode != "lmtp":
         options["tls_context"] = tls_context
     controller = ListenerController(
-        handler, lmtp=mode == "lmtp", hostname=host, port=port, ready_timeout=10.0,
+        handler, sock=sock, lmtp=mode == "lmtp", ready_timeout=10.0,
         server_hostname=hostname or app.config.get("INBOUND_HOSTNAME") or socket.getfqdn(),
         **options)
     try:
         controller.start()
     except BaseException:
-        # A failed start (port taken) leaves aiosmtpd's loop open: close it and the pool.
         controller.stop(no_assert=True)
         if not controller.loop.is_closed():
             controller.loop.close()
+        sock.close()
         if executor is None:
             pool.shutdown(wait=False)
         raise
     if executor is None:
         controller.owned_executor = pool  # type: ignore[attr-defined]
-    log.info("inbound %s listening on %s:%d%s", mode, host, port,
+    log.info("inbound %s listening on %s:%d%s", mode, host, controller.port,
              " (STARTTLS)" if "tls_context" in options else "")
     return controller
 
@@ -454,10 +473,11 @@ def run_listeners(app: Flask, host: str, port: int, *, lmtp: bool = False,
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda _s, _f: stop.set())
         if on_ready:
-            lines = [f"{'LMTP' if lmtp else 'SMTP'} delivery for hosted domains on {host}:{port}"]
+            lines = [f"{'LMTP' if lmtp else 'SMTP'} delivery for hosted domains on "
+                     f"{host}:{controllers[0].port}"]
             if submission_port:
                 lines.append(f"Submission (AUTH{', STARTTLS' if tls_context else ', loopback only'})"
-                             f" on {host}:{submission_port}")
+                             f" on {host}:{controllers[1].port}")
             on_ready(lines)
         while not stop.wait(1.0):
             pass

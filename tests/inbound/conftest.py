@@ -24,7 +24,7 @@ class RunningListener:
 
 
 def free_loopback_port() -> int:
-    """A port nobody listens on right now (aiosmtpd's Controller needs a concrete one)."""
+    """A port nobody listens on right now (for a listener in a subprocess)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -36,18 +36,10 @@ def listener(app) -> Iterator[Callable[..., RunningListener]]:
     running: list[ListenerController] = []
 
     def start(mode: str = "smtp", tls_context: ssl.SSLContext | None = None) -> RunningListener:
-        last_error: OSError | None = None
-        for _attempt in range(3):  # the probed port can be taken before we bind it
-            port = free_loopback_port()
-            try:
-                controller = start_listener(app, "127.0.0.1", port, mode=mode,
-                                            tls_context=tls_context, hostname="mx.test.invalid")
-            except OSError as error:
-                last_error = error
-                continue
-            running.append(controller)
-            return RunningListener("127.0.0.1", port, controller)
-        raise RuntimeError(f"could not start the listener on a free port: {last_error}")
+        controller = start_listener(app, "127.0.0.1", 0, mode=mode, tls_context=tls_context,
+                                    hostname="mx.test.invalid")
+        running.append(controller)
+        return RunningListener("127.0.0.1", controller.port, controller)
 
     yield start
     for controller in running:

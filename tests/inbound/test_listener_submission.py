@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import select
 
 from tests.factories import PASSWORD
-from tests.inbound.conftest import free_loopback_port
 from webapp.extensions import db
 from webapp.models import Folder, Message
 from webapp.models.sending import OrgRelay, OutgoingMessage, SendIdentity
@@ -137,7 +136,7 @@ def test_remote_clients_get_auth_only_after_starttls(app, user, test_certs):
     address = _non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to act as a remote client")
-    controller = start_listener(app, address, free_loopback_port(), mode="submission",
+    controller = start_listener(app, address, 0, mode="submission",
                                 tls_context=_server_tls_context(test_certs),
                                 hostname="mx.test.invalid")
     try:
