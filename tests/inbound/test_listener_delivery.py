@@ -60,7 +60,7 @@ def send_without_size(server, raw: bytes, to: list[str]) -> tuple[int, bytes]:
         return smtp.data(raw)
 
 
-def test_round_trip_is_byte_exact_and_in_the_inbox(app, user, listener):
+def test_round_trip_is_byte_exact_listed_and_downloadable(app, user, listener, login_as):
     server = listener()
     raw = crlf(make_message(7, size=30_000)) + b"..a line that starts with a dot\r\n" \
         b"8-bit \xe9\xff bytes stay as they are\r\n"
@@ -75,6 +75,15 @@ def test_round_trip_is_byte_exact_and_in_the_inbox(app, user, listener):
     assert message.account_id == hosted_account(user).id
     assert message.source_key.startswith("inbound:")
     assert used_bytes(user) == len(raw)
+    client = login_as(user)
+    listing = client.get(f"/mail/folder/{inbox.id}")
+    assert listing.status_code == 200
+    assert f'href="/mail/message/{message.id}"'.encode() in listing.data
+    assert message.subject.encode() in listing.data
+    assert client.get(f"/mail/message/{message.id}").status_code == 200
+    download = client.get(f"/mail/message/{message.id}/raw")
+    assert download.status_code == 200 and download.data == raw
+    download.close()
 
 
 REFUSED = {  # recipient: (code, text the reply must hold)
@@ -138,6 +147,7 @@ def test_size_limit_is_advertised_and_enforced(app, user, listener):
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
         smtp.ehlo()
         assert smtp.esmtp_features["size"] == "10000"
+        assert "auth" not in smtp.esmtp_features  # delivery only: no relaying for anyone
     big = simple(body=b"x" * 76 + b"\r\n") * 200
     # Declared with SIZE= (smtplib does so when the server advertises SIZE): refused at MAIL.
     with pytest.raises(smtplib.SMTPSenderRefused) as refused:
