@@ -200,3 +200,51 @@ def test_another_orgs_user_is_not_found(client, org, admin_user, login_as):
     login_as(admin_user)
     assert client.get(f"/admin/users/{stranger.id}").status_code == 404
     assert stranger.email.encode() not in client.get("/admin/users").data
+
+
+def _deliver_one(user):
+    from webapp.services.delivery import deliver
+
+    account = db.session.scalar(select(MailAccount).where(MailAccount.user_id == user.id))
+    raw = b"From: a@example.org\r\nTo: " + user.email.encode() + \
+        b"\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\nbody\r\n"
+    deliver(db.session, account, raw, "test-1")
+    db.session.commit()
+
+
+def test_delete_gives_back_blob_references(client, org, admin_user, user, login_as):
+    from webapp.models import Blob
+
+    _deliver_one(user)
+    assert db.session.scalar(select(Blob.refcount)) == 1
+    login_as(admin_user)
+    post_form(client, f"/admin/users/{user.id}/delete", {"crm_records": "delete",
+                                                         "confirm_email": user.email})
+    db.session.expire_all()
+    assert db.session.scalar(select(Blob.refcount)) == 0
+
+
+@pytest.mark.parametrize("choice", ["reassign", "delete"])
+def test_delete_reassigns_or_deletes_crm_records(client, org, admin_user, user, login_as,
+                                                 choice):
+    from webapp.models.crm import Contact
+
+    db.session.add(Contact(org_id=org.id, owner_id=user.id, name="Customer"))
+    db.session.commit()
+    login_as(admin_user)
+    response = post_form(client, f"/admin/users/{user.id}/delete", {
+        "crm_records": choice, "reassign_to": str(admin_user.id), "confirm_email": user.email})
+    assert response.status_code == 302
+    db.session.expire_all()
+    owners = db.session.scalars(select(Contact.owner_id)).all()
+    assert owners == ([admin_user.id] if choice == "reassign" else [])
+
+
+def test_records_cannot_go_to_another_organizations_user(client, org, admin_user, user,
+                                                         login_as):
+    stranger = make_user(make_org())
+    login_as(admin_user)
+    response = post_form(client, f"/admin/users/{user.id}/delete", {
+        "crm_records": "reassign", "reassign_to": str(stranger.id), "confirm_email": user.email})
+    assert response.status_code == 200 and b"Choose who takes the records" in response.data
+    assert db.session.get(User, user.id) is not None
