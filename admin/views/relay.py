@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, SelectField, StringField, SubmitField
+from wtforms import IntegerField, PasswordField, SelectChoice, SelectField, StringField, SubmitField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from admin.blueprint import bp, register_menu
@@ -24,17 +24,19 @@ class RelayForm(FlaskForm):
     port = IntegerField("Port", default=587,
                         validators=[InputRequired(), NumberRange(1, 65535, "1 to 65535.")])
     security = SelectField("Security", choices=[
-        ("starttls", "STARTTLS (usually port 587)"), ("ssl", "SSL (usually port 465)"),
-        ("none", "None (only for a relay on this machine or a private network)")])
+        SelectChoice("starttls", "STARTTLS (usually port 587)"),
+        SelectChoice("ssl", "SSL (usually port 465)"),
+        SelectChoice("none", "None (only for a relay on this machine or a private network)")])
     username = StringField("Username", validators=[Optional(), Length(max=320)],
                            render_kw={"autocomplete": "off"})
     password = PasswordField("Password", validators=[Optional(), Length(max=1024)],
                              render_kw={"autocomplete": "new-password"},
                              description="Stored encrypted, never shown; empty keeps the stored one.")
     envelope_policy = SelectField("Envelope sender (MAIL FROM)", choices=[
-        ("hosted", "The user's hosted address (bounces reach the user; SPF of your domain)"),
-        ("from", "The From address of the message"),
-        ("fixed", "One fixed address (below)")])
+        SelectChoice("hosted", "The user's hosted address (bounces reach the user; SPF of "
+                               "your domain)"),
+        SelectChoice("from", "The From address of the message"),
+        SelectChoice("fixed", "One fixed address (below)")])
     envelope_sender = StringField("Fixed envelope sender", validators=[Optional(), Length(max=320)],
                                   render_kw={"placeholder": "bounces@example.com"})
     daily_limit_user = IntegerField("Messages per user per day", default=500,

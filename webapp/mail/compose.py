@@ -6,6 +6,7 @@ from email.headerregistry import Address
 
 from flask import abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_login import current_user, login_required
+from wtforms import SelectChoice
 
 from webapp.extensions import db
 from webapp.mail.blueprint import bp
@@ -189,7 +190,8 @@ def compose_message():
     identities = _identities()
     form = ComposeForm()
     form.from_identity.choices = [
-        (i.id, f"{i.display_name} <{i.email}>" if i.display_name else i.email) for i in identities]
+        SelectChoice(i.id, f"{i.display_name} <{i.email}>" if i.display_name else i.email)
+        for i in identities]
     source_parts: list = []
     if request.method == "GET":
         form.from_identity.data = identities[0].id
@@ -257,7 +259,7 @@ def compose_autosave():
     """Save the compose form as the draft (replacing the previous version); JSON for compose.js."""
     user = current_user._get_current_object()
     form = ComposeForm()
-    form.from_identity.choices = [(i.id, i.email) for i in _identities()]
+    form.from_identity.choices = [SelectChoice(i.id, i.email) for i in _identities()]
     source = _owned_message(form.attachment_source.data)
     keep_ids = request.form.getlist("keep_part")
     try:
@@ -265,7 +267,7 @@ def compose_autosave():
         identity_id = int(form.from_identity.data) if form.from_identity.data else None
     except (TypeError, ValueError):
         abort(400)
-    if identity_id not in {value for value, _label in form.from_identity.choices}:
+    if identity_id not in {choice.value for choice in form.from_identity.choices}:
         identity_id = None
     try:
         draft, problems = outbox.save_draft(

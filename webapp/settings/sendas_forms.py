@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, RadioField, SelectField, StringField, SubmitField
+from wtforms import IntegerField, PasswordField, RadioField, SelectChoice, SelectField, StringField, \
+    SubmitField
 from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional
 
 
@@ -30,15 +31,16 @@ class EditIdentityForm(FlaskForm):
     display_name = StringField("Name shown to recipients", validators=[Length(max=200)])
     reply_to = StringField("Reply-to address (optional)", validators=[Length(max=320)])
     transport = RadioField("Send through", choices=[
-        ("relay", "The organization's relay"), ("smtp", "Another SMTP server (e.g. Gmail's)")],
-        default="relay")
+        SelectChoice("relay", "The organization's relay"),
+        SelectChoice("smtp", "Another SMTP server (e.g. Gmail's)")], default="relay")
     smtp_host = StringField("SMTP server", validators=[Optional(), Length(max=253)],
                             render_kw={"placeholder": "smtp.gmail.com"})
     smtp_port = IntegerField("Port", default=587,
                              validators=[Optional(), NumberRange(1, 65535, "1 to 65535.")])
     smtp_security = SelectField("Security", choices=[
-        ("starttls", "STARTTLS (usually port 587)"), ("ssl", "SSL (usually port 465)"),
-        ("none", "None (not recommended)")], default="starttls")
+        SelectChoice("starttls", "STARTTLS (usually port 587)"),
+        SelectChoice("ssl", "SSL (usually port 465)"),
+        SelectChoice("none", "None (not recommended)")], default="starttls")
     smtp_username = StringField("Username", validators=[Optional(), Length(max=320)],
                                 render_kw={"autocomplete": "off"})
     smtp_password = PasswordField(
