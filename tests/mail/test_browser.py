@@ -44,6 +44,7 @@ class Site:
         self.lock = threading.Lock()
         self.beacons: list[str] = []
         self.frames: list[str] = []
+        self.vector_ids: list[str] = []
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -66,16 +67,27 @@ def all_vectors(beacon: str) -> list[Vector]:
     return xss_vectors(beacon) + extra
 
 
+VECTORS_PER_MAIL = 8  # a few vectors per mail keeps the page count (and the test) small
+
+
 @pytest.fixture
 def site(app, user):
-    """The served app with every vector delivered to the user as its own HTML mail."""
+    """The served app with the vectors delivered to the user as HTML mails, a few per mail.
+
+    Each vector sits between its own start and end markers, so the test can see that every
+    one was rendered and none swallowed the ones after it.
+    """
     site = Site(app)
     with serve_wsgi(site) as base:
         site.base = base
-        for vector in all_vectors(f"{base}/beacon"):
-            message = deliver_raw(user, html_mail(
-                f"<p>vector {vector.vector_id}</p>{vector.html}<p>end {vector.vector_id}</p>",
-                subject=f"vector {vector.vector_id}", inline_images={"logo@x": PNG}))
+        vectors = all_vectors(f"{base}/beacon")
+        site.vector_ids = [v.vector_id for v in vectors]
+        for start in range(0, len(vectors), VECTORS_PER_MAIL):
+            group = vectors[start:start + VECTORS_PER_MAIL]
+            html = "".join(f"<div><p>vector {v.vector_id}</p>{v.html}<p>end {v.vector_id}</p></div>"
+                           for v in group)
+            message = deliver_raw(user, html_mail(html, subject=f"vectors from {group[0].vector_id}",
+                                                  inline_images={"logo@x": PNG}))
             site.frames.append(f"/mail/message/{message.id}")
         yield site
 
@@ -115,7 +127,9 @@ def foreign(requests, base):
 
 
 def open_all(page, site, remote: bool):
-    page.goto(f"{site.base}/test-frames{'?remote=1' if remote else ''}", wait_until="load")
+    # A shared, loaded machine may take a while to serve every frame.
+    page.goto(f"{site.base}/test-frames{'?remote=1' if remote else ''}", wait_until="load",
+              timeout=60_000)
     page.wait_for_timeout(SETTLE_MS)
 
 
@@ -163,9 +177,9 @@ def test_hostile_mail_runs_nothing_in_the_message_view(browser_context, site, us
     for frame in message_pages:
         assert frame.evaluate("window.pwned") is None
         assert frame.evaluate("window.top.pwned") is None
-    # The message text around each vector rendered (the frame is not just empty).
-    rendered = sum(1 for f in bodies if "end " in f.content())
-    assert rendered == len(site.frames)
+    # The text after each vector rendered: no vector swallowed what follows it.
+    text = "".join(f.content() for f in bodies)
+    assert [v for v in site.vector_ids if f"end {v}" not in text] == []
     leaving = foreign(requests, site.base)
     if remote:
         # Showing images lets images (and style backgrounds, which are images) load; nothing else.

@@ -24,7 +24,7 @@ def render_folder(folder: Folder, form: BulkActionForm | None = None, status: in
     folders = mailbox.folder_counts(db.session, current_user.id)
     _target_choices(form.target_folder, folders)
     return render_mail_page("mail/list.html", current_folder_id=folder.id, status=status,
-                            folder=folder, page=page, form=form,
+                            folders=folders, folder=folder, page=page, form=form,
                             is_trash=folder.role == "trash")
 
 

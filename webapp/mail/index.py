@@ -10,9 +10,11 @@ from webapp.services import mailbox
 from webapp.services.quota import human_bytes
 
 
-def sidebar_context(current_folder_id: int | None = None) -> dict:
+def sidebar_context(current_folder_id: int | None = None,
+                    folders: list[mailbox.FolderInfo] | None = None) -> dict:
     """The sidebar's data for the signed-in user: folders with unread counts, storage use."""
-    folders = mailbox.folder_counts(db.session, current_user.id)
+    if folders is None:
+        folders = mailbox.folder_counts(db.session, current_user.id)
     used, limit = mailbox.storage(db.session, current_user.id)
     return {
         "folders": folders,
@@ -27,9 +29,13 @@ def sidebar_context(current_folder_id: int | None = None) -> dict:
 
 
 def render_mail_page(template: str, current_folder_id: int | None = None, status: int = 200,
-                     **context):
-    """Render a page of the mail area (layout with sidebar and search box)."""
-    return render_template(template, **sidebar_context(current_folder_id), **context), status
+                     folders: list[mailbox.FolderInfo] | None = None, **context):
+    """Render a page of the mail area (layout with sidebar and search box).
+
+    Pass ``folders`` when the view has already loaded them, so the page counts once.
+    """
+    return render_template(template, **sidebar_context(current_folder_id, folders),
+                           **context), status
 
 
 def owned_or_404(loader, *args):

@@ -139,7 +139,8 @@ def message_show(message_id: int):
     # A missing Message-ID is common and harmless; anything else means the sender's bytes are off.
     damaged = parsed is not None and any(d != "missing Message-ID" for d in parsed.defects)
     return render_mail_page(
-        "mail/message.html", current_folder_id=message.folder_id, message=message,
+        "mail/message.html", current_folder_id=message.folder_id, folders=folders,
+        message=message,
         parsed=parsed, envelope=envelope, raw_missing=raw is None,
         subject=(envelope.subject if envelope and envelope.subject else message.subject)
         or ("(no subject)" if parsed is not None else UNREADABLE_SUBJECT),
