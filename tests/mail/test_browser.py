@@ -204,3 +204,22 @@ def test_a_message_opened_directly(browser_context, site, user):
     assert foreign(requests, site.base) == []
     assert page.evaluate("window.pwned") is None
     assert page.locator("iframe.mail-html").count() == 1
+
+
+def test_list_keyboard_and_select_all(browser_context, app, user):
+    """mail.js: "j" walks the list, "All" checks every row, and the bulk form then works."""
+    for n in range(3):
+        deliver_raw(user, html_mail(f"<p>body {n}</p>", subject=f"Row {n}"))
+    with serve_wsgi(app) as base:
+        page = browser_context.new_page()
+        log_in(page, base, user)
+        page.goto(f"{base}/mail/")
+        page.keyboard.press("j")
+        page.keyboard.press("j")
+        assert page.evaluate("document.activeElement.textContent").strip() == "Row 1"
+        page.check("input[data-select-all]")
+        assert page.locator('input[name="ids"]:checked').count() == 3
+        page.click('button[name="action"][value="read"]')
+        page.wait_for_load_state("load")
+        assert "Marked 3 messages as read." in page.content()
+        assert page.locator(".message-row.unread").count() == 0

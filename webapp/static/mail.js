@@ -25,4 +25,26 @@
       event.preventDefault();
     }
   });
+
+  // Keyboard: "/" goes to the search box; "j" / "k" move to the next / previous message of a
+  // list (Enter opens it, Space on its checkbox selects it). Never while typing in a field.
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey ||
+        (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))) {
+      return;
+    }
+    if (event.key === "/") {
+      var search = document.getElementById("mail-search-q");
+      if (search) { event.preventDefault(); search.focus(); }
+      return;
+    }
+    if (event.key !== "j" && event.key !== "k") { return; }
+    var links = Array.prototype.slice.call(document.querySelectorAll(".message-list td.subject a"));
+    if (!links.length) { return; }
+    var index = links.indexOf(document.activeElement);
+    var next = event.key === "j" ? Math.min(index + 1, links.length - 1) : Math.max(index - 1, 0);
+    event.preventDefault();
+    links[next].focus();
+  });
 })();
