@@ -160,7 +160,9 @@ def proxied_app(app, run_dir, test_environ):
     proxied = create_app({"INSTANCE_PATH": str(run_dir / "instance")},
                          environ={**test_environ, "TRUSTED_PROXIES": "1"})
     proxied.test_client_class = FreshContextClient
-    return proxied
+    yield proxied
+    with proxied.app_context():
+        db.engine.dispose()  # its own engine: close its pooled connections now
 
 
 @pytest.mark.parametrize("forwarded, allowed", [
