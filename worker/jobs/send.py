@@ -215,9 +215,11 @@ def _file_in_sent(session: Session, outgoing: OutgoingMessage, raw: bytes) -> No
         return
     try:
         with session.begin_nested():
+            # No filters: they sort incoming mail, and a "To contains …" rule must not move
+            # the user's own sent copy out of Sent.
             delivered = deliver(session, _sent_copy_account(session, outgoing), raw,
                                 source_key=f"sent:{outgoing.id}", folder_role="sent",
-                                is_read=True)
+                                is_read=True, run_filters=False)
         outgoing.sent_message_pk = delivered.message.id if delivered.message else None
     except Exception as error:  # noqa: BLE001 - quota, size: the message is out either way
         log.warning("outgoing %s sent but not filed in Sent: %s", outgoing.id, error)
@@ -285,10 +287,22 @@ def _enqueue_retry(outgoing_id: int, when: datetime) -> None:
                                             job_timeout=outbox.SEND_JOB_TIMEOUT)
 
 
+_sweep_checked_at = -1e9
+
+
 def _ensure_sweep_scheduled() -> None:
-    """Keep a sweep job scheduled (at most one per interval, by a Redis key with a TTL)."""
+    """Keep a sweep job scheduled (at most one per interval, by a Redis key with a TTL).
+
+    Checked at most every few seconds per process: a Redis round trip per message would
+    cost more than the check is worth.
+    """
+    global _sweep_checked_at
     from webapp.queue import get_queue, get_redis
 
+    now = time.monotonic()
+    if now - _sweep_checked_at < 5:
+        return
+    _sweep_checked_at = now
     seconds = int(SWEEP_INTERVAL.total_seconds())
     if get_redis().set(SWEEP_KEY, 1, nx=True, ex=max(seconds - 5, 1)):
         get_queue(outbox.SEND_QUEUE).enqueue_in(SWEEP_INTERVAL, "worker.jobs.send.sweep")
