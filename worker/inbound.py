@@ -1,6 +1,6 @@
 """The inbound listener (aiosmtpd): delivery for the hosted domains, and authenticated submission.
 
-Three kinds of port, each an aiosmtpd `Controller` with its own thread and event loop:
+Two kinds of port, each an aiosmtpd `Controller` with its own thread and event loop:
 
 - **delivery** (SMTP, or LMTP with `lmtp=True`): an MTA hands over mail for hosted
   mailboxes. RCPT is accepted only for existing, enabled hosted addresses (never a relay);
@@ -91,7 +91,6 @@ class _Transaction:
 
     queue_id: str = field(default_factory=lambda: secrets.token_hex(6))
     accepted: list[rules.RecipientCheck] = field(default_factory=list)
-    refused: int = 0
 
 
 def _transaction(envelope: Any) -> _Transaction:
@@ -165,7 +164,6 @@ class DeliveryHandler(_Handler):
                       type(error).__name__, error)
             return rules.REPLY_TEMPORARY
         if not check.accepted:
-            state.refused += 1
             log.info("inbound %s qid=%s peer=%s from=<%s> refused rcpt=<%s> reply=%r",
                      self.mode, state.queue_id, _peer_ip(session), envelope.mail_from,
                      address, check.reply)
@@ -183,8 +181,14 @@ class DeliveryHandler(_Handler):
         raw_sha256 = hashlib.sha256(raw).hexdigest()
         replies = []
         for recipient in state.accepted:
-            replies.append(await self.in_app(_store_for_recipient, raw, raw_sha256, recipient,
-                                             state.queue_id))
+            try:
+                reply = await self.in_app(_store_for_recipient, raw, raw_sha256, recipient,
+                                          state.queue_id)
+            except Exception as error:  # no app context at all: still one reply per RCPT
+                log.error("inbound %s qid=%s: %s: %s", self.mode, state.queue_id,
+                          type(error).__name__, error)
+                reply = rules.REPLY_TEMPORARY
+            replies.append(reply)
         if self.mode == "lmtp":
             # LMTP (RFC 2033): one reply per accepted RCPT, in order, after the final dot.
             answer = "\r\n".join(replies)
@@ -476,8 +480,8 @@ def run_listeners(app: Flask, host: str, port: int, *, lmtp: bool = False,
             lines = [f"{'LMTP' if lmtp else 'SMTP'} delivery for hosted domains on "
                      f"{host}:{controllers[0].port}"]
             if submission_port:
-                lines.append(f"Submission (AUTH{', STARTTLS' if tls_context else ', loopback only'})"
-                             f" on {host}:{controllers[1].port}")
+                security = "STARTTLS" if tls_context else "loopback only"
+                lines.append(f"Submission (AUTH, {security}) on {host}:{controllers[1].port}")
             on_ready(lines)
         while not stop.wait(1.0):
             pass

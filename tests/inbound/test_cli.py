@@ -1,4 +1,4 @@
-"""`flask --app wsgi inbound`: its own process, stopped cleanly by SIGTERM/SIGINT (issue 3 item 6)."""
+"""`flask --app wsgi inbound`: its own process, stopped cleanly by a signal (issue 3 item 6)."""
 from __future__ import annotations
 
 import signal

@@ -1,4 +1,4 @@
-"""The listener as an MX for hosted domains: smtplib against the real aiosmtpd listener (issue 3 item 6)."""
+"""The listener as the MX of hosted domains, driven by smtplib (issue 3 item 6)."""
 from __future__ import annotations
 
 import base64

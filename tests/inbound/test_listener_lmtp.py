@@ -1,4 +1,4 @@
-"""LMTP for MTAs that hand over by LMTP: one reply per recipient after DATA (RFC 2033; issue 3 item 6)."""
+"""LMTP from an MTA: one reply per recipient after DATA (RFC 2033; issue 3 item 6)."""
 from __future__ import annotations
 
 import smtplib

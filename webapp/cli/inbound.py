@@ -14,7 +14,8 @@ DEFAULT_PORT = 2525
 @click.option("--host", default=None,
               help=f"Address to listen on (default: INBOUND_HOST or {DEFAULT_HOST}).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help=f"Delivery port for the hosted domains (default: INBOUND_PORT or {DEFAULT_PORT}).")
+              help="Delivery port for the hosted domains "
+                   f"(default: INBOUND_PORT or {DEFAULT_PORT}).")
 @click.option("--submission-port", type=click.IntRange(1, 65535), default=None,
               help="Also listen for authenticated submission from hosted users' mail clients "
                    "(default: INBOUND_SUBMISSION_PORT, off when unset).")

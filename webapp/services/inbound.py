@@ -87,7 +87,8 @@ def _domain_forms(domain: str) -> set[str]:
     return forms
 
 
-def check_recipient(session: Session, address: str, declared_size: int | None = None) -> RecipientCheck:
+def check_recipient(session: Session, address: str,
+                    declared_size: int | None = None) -> RecipientCheck:
     """Decide one RCPT TO for delivery: an enabled hosted mailbox with room, or a refusal.
 
     `user+tag@domain` reaches `user@domain` when no mailbox has the full address.
