@@ -49,5 +49,13 @@ def test_recipient_must_belong_to_the_domains_own_organization(app, org):
     assert check.accepted and check.address == "pat@other.example"
 
 
+def test_postmaster_reaches_the_first_admin_unless_someone_has_the_address(app, org, admin_user):
+    check = rules.check_recipient(db.session, "PostMaster@acme.example")
+    assert check.accepted and check.address == admin_user.email
+    postmaster = make_user(org, email="postmaster@acme.example")
+    check = rules.check_recipient(db.session, "postmaster@acme.example")
+    assert check.accepted and check.address == postmaster.email
+
+
 def test_reply_text_is_one_ascii_line():
     assert rules.reply_text("Grüße\r\n550 injected\tline") == "Gr??e 550 injected line"

@@ -91,7 +91,9 @@ def check_recipient(session: Session, address: str,
                     declared_size: int | None = None) -> RecipientCheck:
     """Decide one RCPT TO for delivery: an enabled hosted mailbox with room, or a refusal.
 
-    `user+tag@domain` reaches `user@domain` when no mailbox has the full address.
+    `user+tag@domain` reaches `user@domain` when no mailbox has the full address, and
+    `postmaster@domain` (which RFC 5321 section 4.5.1 requires) reaches the organization's
+    first admin when nobody has that address.
     """
     parts = split_address(address)
     if parts is None:
@@ -103,22 +105,25 @@ def check_recipient(session: Session, address: str,
     candidates = [f"{local}@{hosted.name}"]
     if "+" in local.strip("+"):
         candidates.append(f"{local.split('+', 1)[0]}@{hosted.name}")
-    for candidate in candidates:
-        row = session.execute(
-            select(MailAccount.id, User.id, User.is_disabled)
-            .join(User, User.id == MailAccount.user_id)
-            .where(MailAccount.kind == "hosted", MailAccount.email == candidate,
-                   User.org_id == hosted.org_id)).first()
+    base = select(MailAccount.id, User.id, User.is_disabled, MailAccount.email) \
+        .join(User, User.id == MailAccount.user_id) \
+        .where(MailAccount.kind == "hosted", User.org_id == hosted.org_id)
+    queries = [base.where(MailAccount.email == candidate) for candidate in candidates]
+    if local == "postmaster":
+        queries.append(base.where(User.is_admin.is_(True), User.is_disabled.is_(False))
+                       .order_by(User.id).limit(1))
+    for query in queries:
+        row = session.execute(query).first()
         if row is None:
             continue
-        account_id, user_id, disabled = row
+        account_id, user_id, disabled, email = row
         if disabled:
             return RecipientCheck(REPLY_UNKNOWN_MAILBOX)
         # Refusing at RCPT (with the size the client declared) spares sending the data;
         # 452 is temporary: the MTA keeps the message and tries again once there is room.
         if not quota.has_room(session, user_id, max(declared_size or 0, 1)):
             return RecipientCheck(REPLY_MAILBOX_FULL)
-        return RecipientCheck(REPLY_OK_RECIPIENT, account_id, candidate)
+        return RecipientCheck(REPLY_OK_RECIPIENT, account_id, email)
     return RecipientCheck(REPLY_UNKNOWN_MAILBOX)
 
 
