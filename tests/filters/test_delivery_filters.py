@@ -13,6 +13,7 @@ from webapp.models import Folder, Message
 from webapp.models.filters import Filter, FilterCondition
 from webapp.services import delivery
 from webapp.services.delivery import deliver
+from webapp.services.mailbox import delete_folder
 from webapp.services.filters import (FOLDER_GONE_NOTICE, ActionSpec, FilterError,
                                      create_sent_mail_filter, decide, facts_from_envelope,
                                      filter_matches, filter_name_for, labels_for)
@@ -121,6 +122,24 @@ def test_forward_action_queues_through_send_mail_as(app, user):
     assert db.session.scalar(select(OutgoingMessage).where(OutgoingMessage.user_id == user.id))
 
 
+@needs_after_delivery
+@pytest.mark.parametrize("auto_submitted, forwarded", [("auto-replied", False),
+                                                      ("auto-generated", False), ("no", True)])
+def test_automatic_mail_is_never_forwarded(app, user, auto_submitted, forwarded):
+    """RFC 3834: forwarding bounces and autoreplies could loop between two mailboxes."""
+    pytest.importorskip("webapp.services.outbox", reason="the sending feature is not in yet")
+    from webapp.models.sending import OutgoingMessage
+
+    make_filter(user, [("subject", "contains", "invoice")],
+                [ActionSpec("forward", argument="accounts@elsewhere.example")])
+    raw = make_raw(extra_headers=[("Auto-Submitted", auto_submitted)])
+    message = deliver(db.session, hosted(user), raw, "auto").message
+    db.session.commit()
+    assert message.folder_id == folder(user, role="inbox").id
+    queued = db.session.scalar(select(OutgoingMessage).where(OutgoingMessage.user_id == user.id))
+    assert (queued is not None) is forwarded
+
+
 def test_filters_run_in_order_and_the_last_move_places(app, user):
     first, second = folder(user, name="First"), folder(user, name="Second")
     make_filter(user, [("subject", "contains", "invoice")], [ActionSpec("move", first.id),
@@ -185,7 +204,7 @@ def test_deleted_target_folder_disables_the_filter_and_mail_goes_to_inbox(app, u
     target = folder(user, name="Gone soon")
     filter_ = make_filter(user, [("subject", "contains", "invoice")],
                           [ActionSpec("move", target.id), ActionSpec("flag")])
-    db.session.delete(target)
+    delete_folder(db.session, user.id, target.id)  # the mailbox's own folder deletion
     db.session.commit()
     message = deliver(db.session, hosted(user), RAW, "after-delete").message
     db.session.commit()
