@@ -19,13 +19,16 @@ def _contact(user, emails=("ann@client.example",), name="Ann Client", company=""
     return contact
 
 
-@pytest.mark.parametrize("url", ["/crm/", "/crm/contacts", "/crm/leads", "/crm/potentials",
-                                 "/crm/contacts/new", "/crm/leads/new", "/crm/potentials/new",
-                                 "/crm/contacts/import", "/settings/addon", "/settings/"])
-def test_pages_render(client, login_as, user, url):
+PAGES = ["/crm/", "/crm/contacts", "/crm/leads", "/crm/potentials", "/crm/contacts/new",
+         "/crm/leads/new", "/crm/potentials/new", "/crm/contacts/import", "/crm/leads/import",
+         "/crm/potentials/import", "/settings/addon", "/settings/"]
+
+
+def test_pages_render(client, login_as, user):
     login_as(user)
-    response = client.get(url)
-    assert response.status_code == 200, response.data[:500]
+    for url in PAGES:
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.data[:500])
 
 
 def test_create_contact_through_the_form_normalizes_addresses(client, login_as, user):
@@ -41,15 +44,15 @@ def test_create_contact_through_the_form_normalizes_addresses(client, login_as, 
     assert "Jane Doe" in page and "jane.doe@customer.example" in page
 
 
-@pytest.mark.parametrize("emails, message", [
-    ("not-an-address", "not a valid email address"),
-    ("a@b.example\nbroken@", "not a valid email address"),
-])
-def test_bad_address_is_refused_and_nothing_is_saved(client, login_as, user, emails, message):
+BAD_ADDRESSES = ["not-an-address", "a@b.example\nbroken@", "two@@x.example", "a b@x.example"]
+
+
+def test_bad_address_is_refused_and_nothing_is_saved(client, login_as, user):
     login_as(user)
-    response = post_form(client, "/crm/contacts/new", {"name": "X", "emails": emails})
-    assert response.status_code == 200
-    assert message in response.get_data(as_text=True)
+    for emails in BAD_ADDRESSES:
+        response = post_form(client, "/crm/contacts/new", {"name": "X", "emails": emails})
+        assert response.status_code == 200, emails
+        assert "not a valid email address" in response.get_data(as_text=True), emails
     assert db.session.scalar(select(Contact)) is None
 
 
