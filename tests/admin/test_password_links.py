@@ -160,3 +160,34 @@ def _outbox_installed() -> bool:
 def test_forgot_password_link_is_on_the_login_page_path(client):
     page = client.get("/forgot")
     assert page.status_code == 200 and b'name="csrf_token"' in page.data
+
+
+def test_admin_reset_link_can_be_mailed_to_the_recovery_address(app, client, org, admin_user,
+                                                                 user, login_as):
+    if not _outbox_installed():
+        pytest.skip("no outbox in this build")
+    from webapp.models.sending import OutgoingMessage
+
+    accounts_admin.set_recovery_address(db.session, user, "me@home.example")
+    db.session.commit()
+    login_as(admin_user)
+    response = post_form(client, f"/admin/users/{user.id}/reset",
+                         {"method": "link", "mail_link": "y"})
+    assert b"also mailed to the user's recovery address" in response.data
+    mail = db.session.scalar(select(OutgoingMessage).where(OutgoingMessage.kind == "system"))
+    assert mail is not None and mail.subject == "Reset your SkyDesk Mail password"
+
+
+def test_a_link_cannot_be_used_from_outside_the_allowed_networks(app, org, user):
+    from webapp.models import IpRule
+
+    db.session.add(IpRule(org_id=org.id, network="203.0.113.0/24"))
+    raw = accounts_admin.issue_token(db.session, user, "reset")
+    db.session.commit()
+    outside = app.test_client()
+    outside.environ_base["REMOTE_ADDR"] = "198.51.100.1"
+    response = _redeem(outside, raw)
+    assert response.status_code == 403
+    inside = app.test_client()
+    inside.environ_base["REMOTE_ADDR"] = "203.0.113.8"
+    assert _redeem(inside, raw).status_code == 302
