@@ -107,8 +107,8 @@ def test_every_action_applies_to_existing_messages(app, user, action):
     target = folder(user, name="Target")
     spec = {"move": ActionSpec("move", target.id), "label": ActionSpec("label", argument="Bills")}
     filter_ = make_filter(user, [("subject", "starts_with", "invoice")],
-                          [spec.get(action, ActionSpec(action)), ActionSpec("forward",
-                                                                            argument="a@b.example")])
+                          [spec.get(action, ActionSpec(action)),
+                           ActionSpec("forward", argument="a@b.example")])
     assert apply_filter(filter_.id) == 2  # messages 0 and 7
     db.session.expire_all()
     hits = db.session.scalars(select(Message).where(Message.subject.like("Invoice%"))).all()

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session, selectinload
 from webapp.models import Folder, Message, MessageAddress, User
 from webapp.models._types import utcnow
 from webapp.models.filters import (ACTION_KINDS, CONDITION_FIELDS, CONDITION_OPERATORS, Filter,
-                                   FilterAction, FilterCondition, FilterRun, Label, MessageFilterHit,
-                                   MessageLabel)
+                                   FilterAction, FilterCondition, FilterRun, Label,
+                                   MessageFilterHit, MessageLabel)
 from webapp.services.mime import Envelope, decode_header_value, parse_message
 
 log = logging.getLogger("skydesk.filters")
@@ -487,7 +487,8 @@ def apply_actions(session: Session, filter_: Filter, message_ids: list[int]) -> 
     if labels:
         _add_labels(session, filter_.user_id, message_ids, labels)
     if moved:
-        session.execute(delete(MessageFilterHit).where(MessageFilterHit.message_pk.in_(message_ids)))
+        session.execute(delete(MessageFilterHit)
+                        .where(MessageFilterHit.message_pk.in_(message_ids)))
         session.execute(insert(MessageFilterHit), [
             {"message_pk": mid, "filter_id": filter_.id, "filter_name": filter_.name,
              "created_at": utcnow()} for mid in message_ids])
