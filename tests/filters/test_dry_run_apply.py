@@ -188,3 +188,14 @@ def test_another_users_run_is_404(app, client, login_as, user, org):
     login_as(user)
     assert client.get(f"/settings/filters/{theirs.id}/runs/{run.id}").status_code == 404
     assert client.get(f"/settings/filters/{theirs.id}/runs/{run.id}.json").status_code == 404
+
+
+def test_a_slow_pattern_is_given_up_on_across_a_mailbox(app, user):
+    """A catastrophic pattern costs the time limit a few times, not once per message."""
+    raw = make_raw(subject="a" * 30 + "b")
+    for n in range(8):
+        deliver(db.session, hosted(user), raw, f"redos-{n}")
+    db.session.commit()
+    filter_ = make_filter(user, [("subject", "regex", r"(a|aa)+$")], [ActionSpec("flag")])
+    result = dry_run(db.session, filter_, raw_loader(app))
+    assert (result.count, result.scanned, result.regex_timeouts) == (0, 8, 3)

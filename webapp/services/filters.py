@@ -33,6 +33,9 @@ log = logging.getLogger("skydesk.filters")
 # cannot hold up a delivery batch.
 REGEX_TIMEOUT_SECONDS = 0.05
 MAX_REGEX_CHARS = 500
+# Over a whole mailbox (dry run, apply), a pattern that timed out this often is given up
+# on: the rest count as "no match" at once instead of costing the time limit each.
+SLOW_PATTERN_STRIKES = 3
 # Folders whose mail "apply to existing messages" and the dry run look at.
 EXCLUDED_ROLES = ("trash", "spam", "drafts")
 BATCH = 500
@@ -151,6 +154,9 @@ def facts_from_envelope(envelope: Envelope, raw: bytes) -> MessageFacts:
 
 # --- matching ----------------------------------------------------------------------------
 
+_CONDITION_COST = {"header": 1, "body": 2}
+
+
 class _Matcher:
     """Evaluates filters; compiles each regular expression once and counts timeouts."""
 
@@ -158,6 +164,7 @@ class _Matcher:
         self.timeout = timeout
         self._compiled: dict[tuple[str, bool], regex.Pattern | None] = {}
         self.timeouts: dict[int, int] = {}
+        self._slow: dict[tuple[str, bool], int] = {}
 
     def _pattern(self, value: str, case_sensitive: bool):
         key = (value, case_sensitive)
@@ -190,8 +197,9 @@ class _Matcher:
         values = self._candidates(condition, facts)
         operator = condition.operator
         if operator == "regex":
-            pattern = self._pattern(condition.value, condition.case_sensitive)
-            if pattern is None:
+            key = (condition.value, condition.case_sensitive)
+            pattern = self._pattern(*key)
+            if pattern is None or self._slow.get(key, 0) >= SLOW_PATTERN_STRIKES:
                 return False
             for value in values:
                 try:
@@ -199,6 +207,7 @@ class _Matcher:
                         return True
                 except TimeoutError:
                     self.timeouts[filter_id] = self.timeouts.get(filter_id, 0) + 1
+                    self._slow[key] = self._slow.get(key, 0) + 1
                     log.warning("filter %s: regular expression timed out", filter_id)
                     return False
             return False
@@ -220,8 +229,9 @@ class _Matcher:
         """Whether the filter's conditions hold (all or any) for the message."""
         if not filter_.conditions:
             return False
-        # Cheap conditions first: a body parse is skipped when the outcome is already known.
-        ordered = sorted(filter_.conditions, key=lambda c: c.field == "body")
+        # Cheap conditions first: reading the raw message (headers) or parsing it (body)
+        # is skipped when the outcome is already known.
+        ordered = sorted(filter_.conditions, key=lambda c: _CONDITION_COST.get(c.field, 0))
         test = (lambda c: self.condition_matches(c, facts, filter_.id))
         return all(map(test, ordered)) if filter_.match_all else any(map(test, ordered))
 
