@@ -296,3 +296,26 @@ def test_identity_of_another_user_cannot_be_used(app, user):
                              "t", None, [], None, None)
     db.session.rollback()
     assert db.session.scalar(select(OutgoingMessage.id)) is None
+
+
+def test_filter_forward_is_marked_and_never_forwarded_again(app, user, smtp_server, use_relay):
+    """Two mailboxes forwarding to each other must not loop (RFC 3834 Auto-Submitted)."""
+    from webapp.services.delivery import deliver
+
+    server = smtp_server()
+    use_relay(server)
+    first = deliver(db.session, outbox.hosted_account(db.session, user.id),
+                    b"From: a@remote.example\r\nSubject: hi\r\nMessage-ID: <h@r.example>\r\n"
+                    b"\r\nhello\r\n", "t:1").message
+    db.session.commit()
+    outgoing = outbox.queue_forward(db.session, user.id, first.id, "other@remote.example")
+    db.session.commit()
+    assert send_message(outgoing.id) == "sent"
+    forwarded = server.messages[0].data
+    assert message_from_bytes(forwarded)["Auto-Submitted"] == "auto-forwarded"
+
+    again = deliver(db.session, outbox.hosted_account(db.session, user.id), forwarded,
+                    "t:2").message
+    db.session.commit()
+    with pytest.raises(outbox.OutboxError, match="could loop"):
+        outbox.queue_forward(db.session, user.id, again.id, "other@remote.example")

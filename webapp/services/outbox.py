@@ -161,9 +161,12 @@ def queue_message(session: Session, user: User, identity_id: int | None,
                   bcc: str | Sequence[compose.AddressInput], subject: str, text: str,
                   html: str | None, attachments: Sequence[compose.Attachment],
                   in_reply_to: str | None, references: str | Sequence[str] | None,
-                  draft_id: int | None = None) -> OutgoingMessage:
+                  draft_id: int | None = None, *,
+                  auto_submitted: str | None = None) -> OutgoingMessage:
     """Build a composed message, queue it for sending and delete its draft; the caller commits.
 
+    ``auto_submitted`` marks mail no person wrote (RFC 3834), so that other systems, and
+    our own filters, do not answer or forward it again.
     Raises compose.ComposeError (HeaderInjectionError, InvalidAddressError) or OutboxError.
     """
     identity = _load_identity(session, user, identity_id)
@@ -183,6 +186,8 @@ def queue_message(session: Session, user: User, identity_id: int | None,
         bcc=bcc_items, subject=subject, text=text, html=html, attachments=attachments,
         message_id=message_id, in_reply_to=in_reply_to or None, references=references or (),
         reply_to=identity.reply_to or None, sender=sender)
+    if auto_submitted:
+        msg["Auto-Submitted"] = auto_submitted
     raw = compose.as_bytes(msg)
     recipients = compose.envelope_recipients(to_items, cc_items, bcc_items)
     if identity.transport == "relay":
@@ -287,6 +292,14 @@ def forward_parts(raw: bytes) -> tuple[str, str, list[compose.Attachment]]:
     return subject, text, attachments
 
 
+def is_auto_submitted(raw: bytes) -> bool:
+    """Whether a message says it was sent by a program (Auto-Submitted other than "no")."""
+    from email.parser import BytesHeaderParser
+
+    value = BytesHeaderParser(policy=compose.SEND_POLICY).parsebytes(raw).get("Auto-Submitted")
+    return value is not None and str(value).strip().lower().split(";")[0].strip() != "no"
+
+
 def clean_header_text(value: str) -> str:
     """A header value from a received message, with line breaks folded to spaces."""
     return " ".join(value.replace("\x00", " ").split())
@@ -303,11 +316,16 @@ def queue_forward(session: Session, user_id: int, message_id: int, to_addr: str
     if message is None:
         raise OutboxError("No such message.")
     raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(message.blob_sha256)
+    if is_auto_submitted(raw):
+        # RFC 3834: automatic mail is never forwarded automatically again; two mailboxes
+        # forwarding to each other would otherwise loop until a daily limit stops them.
+        raise OutboxError("Not forwarded: the message was sent automatically "
+                          "(Auto-Submitted), and forwarding it again could loop.")
     subject, text, attachments = forward_parts(raw)
     references = [message.message_id] if message.message_id.startswith("<") else []
     outgoing = queue_message(session, user, None, [("", to_addr)], [], [],
                              clean_header_text(subject), text, None, attachments, None,
-                             references)
+                             references, auto_submitted="auto-forwarded")
     outgoing.kind = "forward"
     return outgoing
 
