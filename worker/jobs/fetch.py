@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -27,7 +28,7 @@ from webapp.models import MailAccount, Message, User
 from webapp.models._types import utcnow
 from webapp.models.pop import PopAccount, PopFetchRun, PopUidl
 from webapp.queue import enqueue_now, get_redis
-from webapp.services import quota
+from webapp.services import blobs, quota
 from webapp.services.delivery import MessageTooLargeError, deliver
 from webapp.services.mime import parse_envelope
 from webapp.services.pop_accounts import (FETCH_JOB, lock_key, mark_failure, own_addresses,
@@ -40,6 +41,8 @@ log = logging.getLogger("skydesk.fetch")
 # Messages per pipelined RETR round: between rounds the batch checks its time budget and
 # publishes progress, and the connection is always back in sync.
 CHUNK = 50
+# Parallel blob writers per chunk: fsync waits on the disk, not the CPU.
+PRESTORE_THREADS = 8
 
 
 @dataclass
@@ -62,6 +65,14 @@ class BatchResult:
 
 
 ProgressCallback = Callable[[BatchResult], None]
+
+
+class _Quarantine(Exception):
+    """A message failed to store in a way that may have left partial writes in the batch."""
+
+    def __init__(self, uidl: str, size: int, reason: str):
+        super().__init__(reason)
+        self.uidl, self.size, self.reason = uidl, size, reason
 
 
 class _LockHeartbeat(threading.Thread):
@@ -111,7 +122,8 @@ def run_batch(account_id: int, progress: ProgressCallback | None = None) -> Batc
     if account.state == "disabled" or owner is None or owner.is_disabled:
         return BatchResult(account_id, "inactive", error=f"account is {account.state}")
     ttl = int(pop_setting(current_app.config, "POP_LOCK_SECONDS"))
-    lock = redis.lock(lock_key(account_id), timeout=ttl, blocking=False)
+    # Not thread-local: the heartbeat thread extends the lock this thread took.
+    lock = redis.lock(lock_key(account_id), timeout=ttl, blocking=False, thread_local=False)
     if not lock.acquire():
         return BatchResult(account_id, "busy")
     heartbeat = _LockHeartbeat(lock, ttl)
@@ -250,37 +262,63 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     base_fetched = account.messages_fetched
     stored_numbers: list[int] = []
     quota_full = False
+    quarantined: _Quarantine | None = None
+    store = blobs.get_store(config["BLOB_DIR"])
 
     if batch and not quota.has_room(session, owner.id, sizes.get(batch[0][0], 1)):
         quota_full = True
     for start in range(0, len(batch), CHUNK):
-        if quota_full or time.monotonic() - started > budget:
+        if quota_full or quarantined is not None or time.monotonic() - started > budget:
             break
         chunk = batch[start:start + CHUNK]
         uidl_of = dict(chunk)
-        with contextlib.closing(pop.retrieve_many([n for n, _ in chunk])) as messages:
-            for number, raw in messages:
-                if quota_full:
-                    continue  # read the rest of the pipelined answers so DELE/QUIT still work
+        received = list(pop.retrieve_many([n for n, _ in chunk]))
+        _prestore_blobs(store, [raw for _, raw in received])
+        for number, raw in received:
+            if quota_full or quarantined is not None:
+                break
+            try:
                 outcome = _store_one(session, account, mail_account, uidl_of[number], raw,
                                      recent, mine, limit)
-                if outcome == "quota":
-                    quota_full = True
-                    continue
-                result.left -= 1
-                if outcome in ("stored", "sent"):
-                    result.stored += 1
-                    result.bytes += len(raw)
-                    result.sent += outcome == "sent"
-                    stored_numbers.append(number)
-                elif outcome == "quarantined":
-                    result.quarantined += 1
-                else:
-                    result.skipped += 1
+            except _Quarantine as failure:
+                quarantined = failure
+                break
+            if outcome == "quota":
+                quota_full = True
+                break
+            result.left -= 1
+            if outcome in ("stored", "sent"):
+                result.stored += 1
+                result.bytes += len(raw)
+                result.sent += outcome == "sent"
+                stored_numbers.append(number)
+            else:
+                result.skipped += 1
         elapsed = max(time.monotonic() - started, 1e-6)
         _publish(result, base_fetched, result.stored / elapsed)
         if progress:
             progress(result)
+
+    if quarantined is not None:
+        # The failure may have left partial writes: drop this batch's work, record only the
+        # quarantine (never retried on its own, never deleted from the server), and let the
+        # next batch fetch the others again.
+        session.rollback()
+        session.add(PopUidl(account_id=account.id, uidl=quarantined.uidl, state="quarantined",
+                            size=quarantined.size, reason=quarantined.reason[:500]))
+        account.messages_quarantined += 1
+        account.next_fetch_at = utcnow()
+        session.commit()
+        result.quarantined, result.stored, result.bytes, result.sent = 1, 0, 0, 0
+        result.skipped = 0
+        result.left = len(wanted) - 1
+        result.status = "more" if result.left else "done"
+        stored_numbers = []
+        if delete_mode and stored_still_on_server:
+            pop.delete_many(stored_still_on_server)
+            result.deleted = len(stored_still_on_server)
+        pop.quit()
+        return
 
     elapsed = max(time.monotonic() - started, 1e-6)
     now = utcnow()
@@ -318,9 +356,24 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     pop.quit()  # DELEs take effect only now
 
 
+def _prestore_blobs(store: blobs.LocalBlobStore, raws: list[bytes]) -> None:
+    """Write a chunk's blobs in parallel, so their fsyncs overlap instead of queueing.
+
+    deliver() then finds each blob present (put() is idempotent by hash) and only counts it.
+    A blob left by a message that then fails (quota, quarantine) is an orphan the garbage
+    collector removes; a failing store is reported by deliver() itself.
+    """
+    def put(raw: bytes) -> None:
+        with contextlib.suppress(OSError):
+            store.put(raw)
+
+    with ThreadPoolExecutor(max_workers=PRESTORE_THREADS) as pool:
+        list(pool.map(put, raws))
+
+
 def _store_one(session, account: PopAccount, mail_account: MailAccount, uidl: str, raw: bytes,
                recent: bool, mine: set[str], limit: int) -> str:
-    """Deliver one message with its ledger row; return stored, sent, skipped, quarantined or quota."""
+    """Deliver one message with its ledger row: stored, sent, skipped or quota (or raise _Quarantine)."""
     folder_role = "inbox"
     if recent:
         envelope = parse_envelope(raw)
@@ -337,26 +390,20 @@ def _store_one(session, account: PopAccount, mail_account: MailAccount, uidl: st
         sender = next((a.email.lower() for a in envelope.addresses if a.role == "from"), "")
         if sender and sender in mine:
             folder_role = "sent"
-    savepoint = session.begin_nested()
+    # No savepoint per message: deliver() writes nothing before it raises QuotaExceededError
+    # or MessageTooLargeError, and any other failure rolls the whole batch back (see below).
     try:
         delivered = deliver(session, mail_account, raw, uidl, folder_role=folder_role,
                             max_bytes=limit)
-        session.add(PopUidl(account_id=account.id, uidl=uidl, state="stored", size=len(raw),
-                            message_pk=delivered.message.id if delivered.message else None))
-        savepoint.commit()
     except quota.QuotaExceededError:
-        savepoint.rollback()
         return "quota"
     except MessageTooLargeError as exc:
-        savepoint.rollback()
         session.add(PopUidl(account_id=account.id, uidl=uidl, state="skipped", size=len(raw),
                             reason=f"{exc} Left on the server."[:500]))
         return "skipped"
     except Exception as exc:  # noqa: BLE001 - one bad message must not stop the mailbox
-        savepoint.rollback()
         log.exception("pop account %s: quarantined %s", account.id, uidl)
-        # Never retried on its own and never deleted from the server; released by the user.
-        session.add(PopUidl(account_id=account.id, uidl=uidl, state="quarantined", size=len(raw),
-                            reason=f"Could not be stored: {type(exc).__name__}: {exc}"[:500]))
-        return "quarantined"
+        raise _Quarantine(uidl, len(raw), f"Could not be stored: {type(exc).__name__}: {exc}") from exc
+    session.add(PopUidl(account_id=account.id, uidl=uidl, state="stored", size=len(raw),
+                        message_pk=delivered.message.id if delivered.message else None))
     return "sent" if folder_role == "sent" else "stored"
