@@ -319,3 +319,17 @@ def test_filter_forward_is_marked_and_never_forwarded_again(app, user, smtp_serv
     db.session.commit()
     with pytest.raises(outbox.OutboxError, match="could loop"):
         outbox.queue_forward(db.session, user.id, again.id, "other@remote.example")
+
+
+def test_an_unexpected_failure_is_written_on_the_row_not_left_sending(app, user, smtp_server,
+                                                                      use_relay):
+    server = smtp_server()
+    use_relay(server)
+    outgoing_id = _queue(user)
+    blobs.get_store(app.config["BLOB_DIR"]).delete(_row(outgoing_id).blob_sha256)
+
+    assert send_message(outgoing_id) == "failed"
+
+    row = _row(outgoing_id)
+    assert row.last_error_kind == "internal" and "Retry" in row.last_error_message
+    assert row.lease_until is None and server.messages == []

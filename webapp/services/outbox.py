@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -528,7 +528,9 @@ def sent_today(session: Session, scope: str, scope_id: int) -> int:
 def due_for_sweep(session: Session, now: datetime | None = None) -> list[int]:
     """Ids of messages whose job may be lost: due retries, and claims whose lease expired."""
     now = now or utcnow()
-    stale = select(OutgoingMessage.id).where(
+    # A disabled user's mail waits (their job does nothing) without being requeued forever.
+    stale = select(OutgoingMessage.id).outerjoin(User, User.id == OutgoingMessage.user_id).where(
+        or_(User.id.is_(None), User.is_disabled.is_(False)),
         ((OutgoingMessage.state.in_(("queued", "retry-wait")))
          & (OutgoingMessage.next_attempt_at <= now - timedelta(seconds=60)))
         | ((OutgoingMessage.state == "sending") & (OutgoingMessage.lease_until < now)))

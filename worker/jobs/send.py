@@ -49,6 +49,8 @@ RETRY_DELAYS = (60, 300, 900, 3600, 4 * 3600)
 MAX_ATTEMPTS = 6
 LIFETIME = timedelta(hours=24)
 LEASE = timedelta(seconds=outbox.SEND_JOB_TIMEOUT + 60)
+# More claims than this without a recorded outcome means the message crashes workers.
+CRASH_LIMIT = MAX_ATTEMPTS + 3
 SWEEP_KEY = "skydesk:outbox:sweep-scheduled"
 SWEEP_INTERVAL = timedelta(seconds=60)
 IDLE_SECONDS = 20.0
@@ -323,42 +325,68 @@ def send_message(outgoing_id: int) -> str:
         session.rollback()
         return "not due"
     session.expire(outgoing)
-    transport, relay, problem = _transport_for(session, outgoing)
-    if transport is None:
-        _fail(outgoing, "config", problem)
-        session.commit()
-        return outgoing.state
-    if relay is not None and not outgoing.counted:
-        refusal = outbox.count_against_limits(session, outgoing.org_id, outgoing.user_id, relay,
-                                              now.date())
-        if refusal is not None:
-            _fail(outgoing, "limit", refusal)
+    sent_out = False
+    try:
+        if outgoing.attempts > CRASH_LIMIT:
+            # Only dead claims get this far without an outcome being written: the message
+            # kills whatever worker takes it. Stop rather than take every worker down.
+            _fail(outgoing, "internal", "Sending this message stopped the sending worker "
+                  "repeatedly; it was not retried again. Your administrator can see why in "
+                  "the worker's log.")
             session.commit()
             return outgoing.state
-        outgoing.counted = True
-    # The claim (and the count) are durable before a byte leaves: a crash from here on is
-    # recovered by the sweep, and the count is never taken twice.
-    session.commit()
-    _ensure_sweep_scheduled()
+        transport, relay, problem = _transport_for(session, outgoing)
+        if transport is None:
+            _fail(outgoing, "config", problem)
+            session.commit()
+            return outgoing.state
+        if relay is not None and not outgoing.counted:
+            refusal = outbox.count_against_limits(session, outgoing.org_id, outgoing.user_id,
+                                                  relay, now.date())
+            if refusal is not None:
+                _fail(outgoing, "limit", refusal)
+                session.commit()
+                return outgoing.state
+            outgoing.counted = True
+        # The claim and the count are durable before a byte leaves: a crash from here on
+        # is recovered by the sweep, and the count is never taken twice.
+        session.commit()
+        _ensure_sweep_scheduled()
 
-    pending = [r.address for r in outgoing.recipients if r.state in ("pending", "deferred")]
-    if not pending:
-        outgoing.state = "sent"
-        outgoing.lease_until = None
+        pending = [r.address for r in outgoing.recipients if r.state in ("pending", "deferred")]
+        if not pending:
+            outgoing.state = "sent"
+            outgoing.lease_until = None
+            session.commit()
+            return outgoing.state
+        raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(outgoing.blob_sha256)
+        retry_at: datetime | None
+        try:
+            outcome = _send_over(transport, outgoing.envelope_from, pending, raw)
+        except SmtpError as error:
+            retry_at = _apply_error(outgoing, error, utcnow())
+            log.info("outgoing %s attempt %s: %s", outgoing.id, outgoing.attempts, error)
+        else:
+            sent_out = True
+            retry_at = _apply_outcome(session, outgoing, outcome, raw, utcnow())
+        state = outgoing.state
+        session.commit()
+    except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
+        log.exception("outgoing %s: unexpected failure", outgoing_id)
+        session.rollback()
+        outgoing = session.get(OutgoingMessage, outgoing_id)
+        if outgoing is None:
+            return "gone"
+        if sent_out:
+            _fail(outgoing, "uncertain", "The server accepted the message but recording that "
+                  "failed; it was probably delivered. Check before sending it again.",
+                  server_text=str(error), state="uncertain")
+        else:
+            _fail(outgoing, "internal", f"Could not send: {error}. Your administrator can see "
+                  "the details in the worker's log; press Retry once it is fixed.",
+                  server_text=repr(error))
         session.commit()
         return outgoing.state
-    raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(outgoing.blob_sha256)
-    retry_at: datetime | None
-    try:
-        outcome = _send_over(transport, outgoing.envelope_from, pending, raw)
-    except SmtpError as error:
-        now = utcnow()
-        retry_at = _apply_error(outgoing, error, now)
-        log.info("outgoing %s attempt %s: %s", outgoing.id, outgoing.attempts, error)
-    else:
-        retry_at = _apply_outcome(session, outgoing, outcome, raw, utcnow())
-    state = outgoing.state
-    session.commit()
     if retry_at is not None:
         _enqueue_retry(outgoing_id, retry_at)
     return state
