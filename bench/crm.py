@@ -9,7 +9,7 @@
    (rows inserted in bulk with SQLAlchemy Core; the contact has the same 80 messages in
    both), through the Flask test client and the correspondence query alone (goal <= 1.3).
 
-    .venv/bin/python bench/crm.py                 # SQLite, 100 vs 100,000 records, 10k vs 200k messages
+    .venv/bin/python bench/crm.py           # SQLite: 100 vs 100,000 records, 10k vs 200k messages
     .venv/bin/python bench/crm.py --full          # 10k vs 1,000,000 messages
     .venv/bin/python bench/crm.py --database-url postgresql://user@host/db
 """
@@ -63,6 +63,13 @@ def _insert(db, model, rows: list[dict]) -> None:
         db.session.execute(insert(model), rows[start:start + CHUNK])
 
 
+def _advance_sequence(db, table: str) -> None:
+    """After inserting explicit ids, move PostgreSQL's id sequence past them."""
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                f"(SELECT max(id) FROM {table}))"))
+
+
 def fill_crm(db, org_id: int, owner_id: int, count: int) -> list[str]:
     """Insert `count` CRM records in bulk (60% contacts, 30% leads, 10% potentials)."""
     from webapp.models.crm import Contact, ContactEmail, Lead, Potential
@@ -86,6 +93,7 @@ def fill_crm(db, org_id: int, owner_id: int, count: int) -> list[str]:
     _insert(db, Potential, [{"org_id": org_id, "owner_id": owner_id, "name": f"Deal {n}",
                              "stage": "proposal", "contact_id": ids[n % len(ids)],
                              "created_at": now, "updated_at": now} for n in range(potentials)])
+    _advance_sequence(db, "crm_contact")
     db.session.commit()
     return addresses
 
@@ -180,6 +188,7 @@ def fill_mailbox(db, user, count: int, contact_address: str) -> None:
     if messages:
         db.session.execute(insert(Message), messages)
         db.session.execute(insert(MessageAddress), address_rows)
+    _advance_sequence(db, "message")
     db.session.commit()
 
 
@@ -204,7 +213,8 @@ def main() -> int:
     parser.add_argument("--records-large", type=int, default=100_000)
     parser.add_argument("--mailbox-small", type=int, default=10_000)
     parser.add_argument("--mailbox-large", type=int, default=200_000)
-    parser.add_argument("--full", action="store_true", help="1,000,000 messages in the large mailbox")
+    parser.add_argument("--full", action="store_true",
+                        help="1,000,000 messages in the large mailbox")
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--per-batch", type=int, default=40)
     parser.add_argument("--runs", type=int, default=9)

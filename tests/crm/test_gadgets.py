@@ -42,7 +42,7 @@ def test_panel_shows_cards_for_known_and_buttons_for_unknown(client, login_as, u
     assert f'href="/crm/leads/{lead.id}"' in page
     assert "Add as lead" in page and "new.person@prospect.example" in page
     # The user's own address is never a party of the panel.
-    assert f"Add as lead</a>" in page and page.count("Add as lead") == 1
+    assert "Add as lead</a>" in page and page.count("Add as lead") == 1
 
 
 def test_unknown_address_prefills_the_new_record(client, login_as, user):
@@ -55,8 +55,8 @@ def test_unknown_address_prefills_the_new_record(client, login_as, user):
     assert query["name"] == ["New Person"] and query["email"] == ["new.person@prospect.example"]
     form = client.get(link).get_data(as_text=True)
     assert 'value="New Person"' in form and 'value="new.person@prospect.example"' in form
-    response = post_form(client, link, {"name": "New Person", "email": "new.person@prospect.example",
-                                        "status": "new"})
+    response = post_form(client, link, {"name": "New Person", "status": "new",
+                                        "email": "new.person@prospect.example"})
     assert response.headers["Location"].endswith(f"/mail/message/{message.id}")
     assert db.session.scalar(select(Lead)).email == "new.person@prospect.example"
 

@@ -1,7 +1,6 @@
 """CRM pages: lists, create/edit/delete through the real forms, the record timeline."""
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from tests import factories
@@ -34,7 +33,8 @@ def test_pages_render(client, login_as, user):
 def test_create_contact_through_the_form_normalizes_addresses(client, login_as, user):
     login_as(user)
     response = post_form(client, "/crm/contacts/new",
-                         {"name": "Jane Doe", "emails": "Jane.Doe@Customer.EXAMPLE\nj@other.example",
+                         {"name": "Jane Doe",
+                          "emails": "Jane.Doe@Customer.EXAMPLE\nj@other.example",
                           "phone": "+1 555", "company": "Customer Inc"})
     assert response.status_code == 302
     contact = db.session.scalar(select(Contact))
@@ -157,6 +157,6 @@ def test_mail_button_links_to_compose_when_it_exists(app, client, login_as, user
     login_as(user)
     page = client.get(f"/crm/contacts/{contact.id}").get_data(as_text=True)
     if "mail.compose" in app.view_functions:
-        assert "to=ann%40client.example" in page
+        assert 'href="/mail/compose?to=ann@client.example"' in page
     else:
         assert "Mail ann@client.example" not in page

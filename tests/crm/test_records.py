@@ -94,7 +94,8 @@ def test_csv_export_import_round_trip(client, login_as, org, user):
 
 def test_import_with_a_bad_row_imports_nothing_and_names_the_line(client, login_as, user):
     login_as(user)
-    text = "name,email,status\nGood,good@x.example,new\n,missing@x.example,new\nBad,not-an-address,new\n"
+    text = ("name,email,status\nGood,good@x.example,new\n,missing@x.example,new\n"
+            "Bad,not-an-address,new\n")
     preview = post_form(client, "/crm/leads/import",
                         {"file": (io.BytesIO(text.encode()), "leads.csv")},
                         content_type="multipart/form-data")

@@ -115,7 +115,8 @@ def activity_delete(activity_id: int):
         flash("Deleted.", "success")
         return redirect(record_url(record))
     return render_template("crm/confirm_delete.html", form=form, record=activity,
-                           label=activity.kind.capitalize(), kind="activity", back=record_url(record))
+                           label=activity.kind.capitalize(), kind="activity",
+                           back=record_url(record))
 
 
 def _calendar_response(events, filename: str) -> Response:

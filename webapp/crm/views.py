@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from webapp.crm.blueprint import bp, viewer
 from webapp.discovery import import_submodules
 from webapp.extensions import db
-from webapp.models.crm import Activity, Contact, Lead, Potential
+from webapp.models.crm import Activity, Lead
 from webapp.services import crm
 
 __all__ = ["bp"]
@@ -31,8 +31,7 @@ def crm_index():
                                Activity.kind == "task", Activity.status == "open")
         .order_by(Activity.due_date.is_(None), Activity.due_date, Activity.id).limit(20)).all()
     return render_template("crm/index.html", counts=counts, open_leads=open_leads, tasks=tasks,
-                           record_of=lambda a: crm.record_of(db.session, who, a),
-                           models=(Contact, Lead, Potential))
+                           record_of=lambda a: crm.record_of(db.session, who, a))
 
 
 # Each module (records, activities, gadgets, transfer) registers its routes on bp.

@@ -200,7 +200,8 @@ class TrackingExclusion(db.Model):
     """
 
     __tablename__ = "tracking_exclusion"
-    __table_args__ = (UniqueConstraint("user_id", "value", name="uq_tracking_exclusion_user_value"),)
+    __table_args__ = (UniqueConstraint("user_id", "value",
+                                       name="uq_tracking_exclusion_user_value"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organization.id", ondelete="CASCADE"),

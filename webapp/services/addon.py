@@ -1,4 +1,4 @@
-"""Which mail account feeds an add-on (CRM, Recruit): the hosted one unless the user chose another."""
+"""Which mail account feeds an add-on (CRM, Recruit): the hosted one unless the user chose."""
 from __future__ import annotations
 
 from sqlalchemy import select

@@ -12,7 +12,7 @@ from typing import Iterable, Union
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, delete, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from webapp.models import MailAccount, Message, User
 from webapp.models._types import utcnow
@@ -239,6 +239,10 @@ def list_records(session: Session, viewer: Viewer, kind: str, *, query: str = ""
         orders["closing"] = [Potential.closing_date, Potential.id]
         orders["stage"] = [Potential.stage, Potential.id]
     page = max(page, 1)
+    if kind == "contact":
+        stmt = stmt.options(selectinload(Contact.emails))  # the list shows every address
+    elif kind == "potential":
+        stmt = stmt.options(selectinload(Potential.contact))
     rows = session.scalars(stmt.order_by(*orders.get(sort, orders["name"]))
                            .limit(per_page).offset((page - 1) * per_page)).all()
     return list(rows), total

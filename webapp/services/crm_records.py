@@ -177,7 +177,8 @@ def _check_row(session: Session, viewer: crm.Viewer, kind: str, row: ImportRow,
     row.parsed["name"] = values["name"]
     try:
         if kind == "contact":
-            row.parsed["emails"] = crm.parse_address_lines("\n".join(_split_emails(values["emails"])))
+            row.parsed["emails"] = crm.parse_address_lines(
+                "\n".join(_split_emails(values["emails"])))
             row.parsed.update(phone=values["phone"], company=values["company"])
         elif kind == "lead":
             row.parsed["email"] = crm.parse_typed_address(values["email"]) if values["email"] \

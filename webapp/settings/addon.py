@@ -1,4 +1,4 @@
-"""Settings » Add-on accounts: which mail account feeds the CRM and Recruit; never-tracked addresses."""
+"""Settings » Add-on accounts: the account feeding CRM and Recruit; never-tracked addresses."""
 from __future__ import annotations
 
 from flask import abort, flash, redirect, render_template, url_for
