@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from flask import current_app
 from redis.exceptions import LockError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from webapp.extensions import db
 from webapp.models import MailAccount, Message, User
@@ -264,6 +264,7 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     quota_full = False
     quarantined: _Quarantine | None = None
     store = blobs.get_store(config["BLOB_DIR"])
+    stored_rows: list[dict] = []  # ledger rows of stored messages, inserted in one statement
 
     if batch and not quota.has_room(session, owner.id, sizes.get(batch[0][0], 1)):
         quota_full = True
@@ -279,7 +280,7 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
                 break
             try:
                 outcome = _store_one(session, account, mail_account, uidl_of[number], raw,
-                                     recent, mine, limit)
+                                     recent, mine, limit, stored_rows)
             except _Quarantine as failure:
                 quarantined = failure
                 break
@@ -320,6 +321,8 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
         pop.quit()
         return
 
+    if stored_rows:
+        session.execute(insert(PopUidl), stored_rows)
     elapsed = max(time.monotonic() - started, 1e-6)
     now = utcnow()
     account.server_messages = result.on_server
@@ -372,7 +375,7 @@ def _prestore_blobs(store: blobs.LocalBlobStore, raws: list[bytes]) -> None:
 
 
 def _store_one(session, account: PopAccount, mail_account: MailAccount, uidl: str, raw: bytes,
-               recent: bool, mine: set[str], limit: int) -> str:
+               recent: bool, mine: set[str], limit: int, stored_rows: list[dict]) -> str:
     """Deliver one message with its ledger row: stored, sent, skipped or quota (or raise _Quarantine)."""
     folder_role = "inbox"
     if recent:
@@ -404,6 +407,7 @@ def _store_one(session, account: PopAccount, mail_account: MailAccount, uidl: st
     except Exception as exc:  # noqa: BLE001 - one bad message must not stop the mailbox
         log.exception("pop account %s: quarantined %s", account.id, uidl)
         raise _Quarantine(uidl, len(raw), f"Could not be stored: {type(exc).__name__}: {exc}") from exc
-    session.add(PopUidl(account_id=account.id, uidl=uidl, state="stored", size=len(raw),
-                        message_pk=delivered.message.id if delivered.message else None))
+    stored_rows.append({"account_id": account.id, "uidl": uidl, "state": "stored",
+                        "size": len(raw), "reason": "",
+                        "message_pk": delivered.message.id if delivered.message else None})
     return "sent" if folder_role == "sent" else "stored"
