@@ -3,7 +3,8 @@
 Two users: one with a folder of --small messages, one with a folder of --large. Rows are
 inserted directly in bulk (this measures listing, not delivery). The first page and a deep
 page (reached by its keyset cursor, as the "Older" link does) are rendered through the Flask
-test client, each the median of --runs runs after a warm-up; the script prints the ratios
+test client, each the median of --runs runs after a warm-up (small and large
+alternated run by run); the script prints the ratios
 large/small (goal: at most 1.3) and, to show where time goes, the same for the service calls
 alone (the keyset page, the sidebar's unread counts).
 
@@ -90,15 +91,35 @@ def fill_folder(db, user, count: int) -> int:
     return inbox.id
 
 
-def median_ms(func, runs: int) -> float:
-    """The median wall time of func() in milliseconds, after one warm-up call."""
-    func()
-    times = []
+def paired_medians(small, large, runs: int) -> tuple[float, float]:
+    """Median wall times (ms) of two calls, alternated run by run after a warm-up each, so
+    that a busy machine slows both sides alike instead of skewing the ratio."""
+    small(), large()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        started = time.perf_counter()
-        func()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        for func, bucket in ((small, times[0]), (large, times[1])):
+            started = time.perf_counter()
+            func()
+            bucket.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _calls(app, db, mailbox, client, user_id: int, folder_id: int, cursor: str) -> dict:
+    """The timed calls for one user's folder: pages through the app, service calls alone."""
+    def page(url):
+        with app.app_context():
+            response = client.get(url)
+            assert response.status_code == 200, response.status_code
+            assert response.data.count(b'class="message-row') == 50
+        return response
+
+    return {
+        "first page": lambda: page(f"/mail/folder/{folder_id}"),
+        "deep page": lambda: page(f"/mail/folder/{folder_id}?before={cursor}"),
+        "list_page() alone": lambda: mailbox.list_page(db.session, user_id, folder_id,
+                                                       before=cursor),
+        "folder_counts() alone": lambda: mailbox.folder_counts(db.session, user_id),
+    }
 
 
 def main() -> int:
@@ -158,7 +179,7 @@ def main() -> int:
                 db.session.execute(text("ANALYZE"))
                 db.session.commit()
 
-            results = {}
+            calls = {}
             for size, user in users.items():
                 folder_id = folders[size]
                 middle = db.session.execute(
@@ -171,25 +192,11 @@ def main() -> int:
                 with client.session_transaction() as sess:
                     sess["_user_id"] = user.get_id()
                     sess["_fresh"] = True
-
-                def page(url):
-                    with app.app_context():
-                        response = client.get(url)
-                        assert response.status_code == 200, response.status_code
-                        assert response.data.count(b'class="message-row') == 50
-                    return response
-
-                user_id = user.id
-                results[size] = {
-                    "first page": median_ms(lambda: page(f"/mail/folder/{folder_id}"), args.runs),
-                    "deep page": median_ms(
-                        lambda: page(f"/mail/folder/{folder_id}?before={cursor}"), args.runs),
-                    "list_page() alone": median_ms(
-                        lambda: mailbox.list_page(db.session, user_id, folder_id,
-                                                  before=cursor), args.runs),
-                    "folder_counts() alone": median_ms(
-                        lambda: mailbox.folder_counts(db.session, user_id), args.runs),
-                }
+                calls[size] = _calls(app, db, mailbox, client, user.id, folder_id, cursor)
+            results = {args.small: {}, args.large: {}}
+            for name in calls[args.small]:
+                results[args.small][name], results[args.large][name] = paired_medians(
+                    calls[args.small][name], calls[args.large][name], args.runs)
                 db.session.rollback()
 
             small, large = results[args.small], results[args.large]
