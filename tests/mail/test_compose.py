@@ -303,3 +303,16 @@ def test_unconfirmed_identity_is_not_offered(app, client, user, login_as):
     response = post_form(client, URL, {**_form(user, to="bob@remote.example"),
                                        "from_identity": str(pending.id)})
     assert response.status_code == 400
+
+
+def test_first_visit_then_send_like_a_browser(app, client, user, login_as):
+    """The hosted From created on the first visit is still valid when the form comes back."""
+    login_as(user)
+    page = client.get(URL)
+    selected = page.get_data(as_text=True).split('id="from_identity"', 1)[1] \
+        .split('selected value="', 1)[1].split('"', 1)[0]
+    response = client.post(URL, data={"from_identity": selected, "to": "bob@remote.example",
+                                      "subject": "First", "body": "Hi", "send": "Send",
+                                      "csrf_token": csrf_from(page)})
+    assert response.status_code == 302
+    assert db.session.scalar(select(OutgoingMessage.from_email)) == user.email

@@ -132,8 +132,12 @@ def _prefill(form: ComposeForm, identities, kind: str, message: Message) -> list
 
 
 def _identities():
-    return sendas.list_identities(db.session, current_user._get_current_object(),
-                                  verified_only=True)
+    identities = sendas.list_identities(db.session, current_user._get_current_object(),
+                                        verified_only=True)
+    # The hosted identity may have just been created: its id is in the page's From select,
+    # so it must outlive this request.
+    db.session.commit()
+    return identities
 
 
 def _kept_attachments(source: Message | None, keep_ids: list[str]) -> list[compose.Attachment]:
@@ -205,13 +209,13 @@ def compose_message():
         return _page(form, source_parts, keep_ids=[p.part_id for p in source_parts])
 
     source = _owned_message(form.attachment_source.data)
-    if form.draft_id.data:
-        _owned_message(form.draft_id.data)
     keep_ids = request.form.getlist("keep_part")
     if form.validate_on_submit():
         try:
             attachments = _kept_attachments(source, keep_ids) + _uploaded()
-            draft_id = int(form.draft_id.data) if form.draft_id.data else None
+            # A draft already gone (sent from another tab) is simply not deleted again;
+            # another user's id deletes nothing (the delete is scoped to the owner).
+            draft_id = int(form.draft_id.data) if (form.draft_id.data or "").isdigit() else None
             if form.save_draft.data:
                 draft, problems = outbox.save_draft(
                     db.session, user, form.from_identity.data, form.to.data, form.cc.data,
@@ -263,7 +267,7 @@ def compose_autosave():
     source = _owned_message(form.attachment_source.data)
     keep_ids = request.form.getlist("keep_part")
     try:
-        draft_id = int(form.draft_id.data) if form.draft_id.data else None
+        draft_id = int(form.draft_id.data) if (form.draft_id.data or "").isdigit() else None
         identity_id = int(form.from_identity.data) if form.from_identity.data else None
     except (TypeError, ValueError):
         abort(400)
