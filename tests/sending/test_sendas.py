@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import re
 from email import message_from_bytes, policy
+from types import SimpleNamespace
+
+import pytest
 
 from sqlalchemy import select
 
@@ -11,6 +14,12 @@ from tests.factories import make_user
 from webapp.extensions import db
 from webapp.models.sending import OutgoingMessage, SendIdentity
 from worker.jobs.send import send_message
+
+
+@pytest.fixture
+def relay_configured(use_relay):
+    """A relay is set (confirmation codes can be queued); nothing is sent in these tests."""
+    use_relay(SimpleNamespace(host="127.0.0.1", port=25))
 
 
 def _identity(user, email):
@@ -83,7 +92,7 @@ def test_verification_by_link_shows_a_button_and_a_get_changes_nothing(
     assert _identity(user, "me@gmail.example").is_verified
 
 
-def test_too_many_wrong_codes_need_a_new_code(app, client, user, login_as):
+def test_too_many_wrong_codes_need_a_new_code(app, client, user, login_as, relay_configured):
     login_as(user)
     _add(client)
     identity = _identity(user, "me@gmail.example")
@@ -96,7 +105,7 @@ def test_too_many_wrong_codes_need_a_new_code(app, client, user, login_as):
     assert not _identity(user, "me@gmail.example").is_verified
 
 
-def test_adding_twice_or_a_bad_address_is_refused(app, client, user, login_as):
+def test_adding_twice_or_a_bad_address_is_refused(app, client, user, login_as, relay_configured):
     login_as(user)
     assert _add(client).status_code == 302
     again = _add(client)
@@ -105,7 +114,8 @@ def test_adding_twice_or_a_bad_address_is_refused(app, client, user, login_as):
     assert _add(client, email=user.email).status_code == 400
 
 
-def test_custom_smtp_password_is_encrypted_and_never_shown(app, client, user, login_as):
+def test_custom_smtp_password_is_encrypted_and_never_shown(app, client, user, login_as,
+                                                           relay_configured):
     login_as(user)
     _add(client)
     identity = _identity(user, "me@gmail.example")
@@ -129,7 +139,7 @@ def test_custom_smtp_password_is_encrypted_and_never_shown(app, client, user, lo
     assert _identity(user, "me@gmail.example").smtp_password_encrypted == stored
 
 
-def test_reply_to_with_line_break_is_refused(app, client, user, login_as):
+def test_reply_to_with_line_break_is_refused(app, client, user, login_as, relay_configured):
     login_as(user)
     _add(client)
     identity = _identity(user, "me@gmail.example")
@@ -140,7 +150,8 @@ def test_reply_to_with_line_break_is_refused(app, client, user, login_as):
     assert _identity(user, "me@gmail.example").reply_to == ""
 
 
-def test_test_button_says_what_is_wrong_in_words(app, client, user, login_as, smtp_server):
+def test_test_button_says_what_is_wrong_in_words(app, client, user, login_as, relay_configured,
+                                                 smtp_server):
     server = smtp_server(auth=("me@gmail.example", "right"))
     login_as(user)
     _add(client)
@@ -157,7 +168,8 @@ def test_test_button_says_what_is_wrong_in_words(app, client, user, login_as, sm
     assert "It works." in page.get_data(as_text=True)
 
 
-def test_hosted_address_cannot_be_removed_but_others_can(app, client, user, login_as):
+def test_hosted_address_cannot_be_removed_but_others_can(app, client, user, login_as,
+                                                         relay_configured):
     login_as(user)
     client.get("/settings/sendas")
     hosted = _identity(user, user.email)
@@ -171,7 +183,7 @@ def test_hosted_address_cannot_be_removed_but_others_can(app, client, user, logi
     assert _identity(user, "me@gmail.example") is None
 
 
-def test_another_users_address_is_404(app, client, user, login_as):
+def test_another_users_address_is_404(app, client, user, login_as, relay_configured):
     other = make_user(user.organization)
     login_as(other)
     _add(client, email="theirs@gmail.example")
@@ -185,3 +197,12 @@ def test_another_users_address_is_404(app, client, user, login_as):
         assert client.post(f"{base}/{action}", data={"csrf_token": token,
                                                      "code": "X"}).status_code == 404
     assert client.post(base, data={"csrf_token": token, "transport": "relay"}).status_code == 404
+
+
+def test_adding_an_address_without_a_relay_says_so_and_keeps_nothing(app, client, user,
+                                                                      login_as):
+    login_as(user)
+    response = _add(client)
+    assert response.status_code == 400
+    assert "relay is not set up" in response.get_data(as_text=True)
+    assert _identity(user, "me@gmail.example") is None

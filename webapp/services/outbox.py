@@ -249,14 +249,21 @@ def no_reply_address(session: Session, org_id: int) -> str:
 
 def queue_system_message(session: Session, org_id: int, to_addr: str, subject: str,
                          text: str) -> OutgoingMessage:
-    """Queue a plain-text message from the org's no-reply address through its relay (not filed)."""
+    """Queue a plain-text message from the org's no-reply address through its relay (not filed).
+
+    OutboxError when the organization has no relay (or no domain) to send it with.
+    """
+    relay = relay_settings(session, org_id)
+    if not relay.configured:
+        # Nobody would ever see this message fail: refuse now, so the caller can say so.
+        raise OutboxError("The organization's outgoing relay is not set up, so no mail can "
+                          "be sent; ask your administrator (Admin » Relay & limits).")
     sender = no_reply_address(session, org_id)
     org = session.get(Organization, org_id)
     message_id = compose.make_message_id(_domain_of(sender))
     msg = compose.build_message(from_addr=(org.name, sender), to=[("", to_addr)], subject=subject,
                                 text=text, message_id=message_id)
     raw = compose.as_bytes(msg)
-    relay = relay_settings(session, org_id)
     return _store_and_queue(
         session, org_id=org_id, user_id=None, identity_id=None, kind="system", transport="relay",
         raw=raw, message_id=message_id, subject=subject, from_email=sender,
