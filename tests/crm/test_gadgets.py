@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from tests import factories
 from tests.conftest import post_form
-from tests.crm.helpers import deliver_raw, hosted, make_raw
+from tests.crm.helpers import deliver_raw, hosted, make_raw, pop_account
 from webapp.extensions import db
 from webapp.models.crm import Activity, Contact, Lead, Potential
 from webapp.services import crm
@@ -166,3 +166,19 @@ def test_autocomplete_returns_scoped_contacts_and_leads(client, login_as, org, u
     assert [(r["kind"], r["name"], r["email"]) for r in results] == \
         [("lead", "Leo Lead", "leo@lead.example")]
     assert client.get("/crm/autocomplete?q=").get_json() == {"results": []}
+
+
+def test_own_send_as_and_pop_addresses_are_not_parties(client, login_as, user, known):
+    from webapp.models.sending import SendIdentity
+
+    pop_account(user, "me@isp.example")
+    db.session.add(SendIdentity(org_id=user.org_id, user_id=user.id, email="Me@Work.example",
+                                is_verified=True))
+    db.session.commit()
+    message = _message(user, sender="Me <me@work.example>", to="carla@customer.example",
+                       cc="me@isp.example, stranger@else.example")
+    login_as(user)
+    page = client.get(f"/mail/message/{message.id}").get_data(as_text=True)
+    assert "Carla Customer" in page and "stranger@else.example" in page
+    assert "me@work.example" not in page.split('class="crm-panel"')[1]
+    assert "me@isp.example" not in page.split('class="crm-panel"')[1]

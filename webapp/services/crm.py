@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from webapp.models import MailAccount, Message, User
 from webapp.models._types import utcnow
+from webapp.models.sending import SendIdentity
 from webapp.models.crm import ACTIVITY_KINDS, CLOSED_STAGES, LEAD_STATUSES, POTENTIAL_STAGES, \
     TASK_STATUSES, Activity, Contact, ContactEmail, Lead, Potential, TrackingExclusion
 from webapp.services.mime import normalize_address
@@ -425,8 +426,9 @@ def is_excluded(email: str, excluded: Iterable[str]) -> bool:
 
 
 def own_addresses(session: Session, user_id: int) -> set[str]:
-    """Every address of the user's own accounts: never an 'external' party of their mail."""
-    rows = session.scalars(select(MailAccount.email).where(MailAccount.user_id == user_id))
+    """Every address of the user (accounts, Send Mail As): never a party in their own panel."""
+    rows = list(session.scalars(select(MailAccount.email).where(MailAccount.user_id == user_id)))
+    rows += session.scalars(select(SendIdentity.email).where(SendIdentity.user_id == user_id))
     user_email = session.scalar(select(User.email).where(User.id == user_id))
     found = {normalize_address(e) for e in [*rows, user_email or ""] if e}
     return {e for e in found if e}
