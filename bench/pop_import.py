@@ -191,7 +191,19 @@ def _unprivileged(owner_uid: int, owner_gid: int, command: list[str]) -> list[st
 
 
 def run_getmail(work: Path, port: int, count: int, uid: int, gid: int) -> float | None:
-    """Seconds for getmail6 to deliver every message into a Maildir (fresh state)."""
+    """Seconds for getmail6 to deliver every message into a Maildir (fresh state, 3 tries).
+
+    getmail6 6.18 sometimes misses the exit of its delivery child on a busy machine and gives
+    up with "waiting child pid … timed out"; such a run is repeated from scratch.
+    """
+    for _ in range(3):
+        seconds = _getmail_once(work, port, count, uid, gid)
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def _getmail_once(work: Path, port: int, count: int, uid: int, gid: int) -> float | None:
     binary = shutil.which("getmail")
     if not binary:
         print("  note: getmail6 is not installed (apt-get install -y getmail6); skipped")
