@@ -106,6 +106,28 @@ def test_connection_dropped_after_dele_stores_once_and_deletes_next_time(fakepop
     assert db.session.scalar(select(db.func.count()).select_from(Message)) == 3
 
 
+def test_a_drop_in_the_middle_of_a_batch_keeps_what_was_stored_with_its_ledger(fakepop,
+                                                                               fake_account):
+    """A connection lost mid-RETR on demand (here after 60 messages) needs a scripted server."""
+    script = FakePopScript(
+        messages=[FakeMessage(f"u{n}", make_message(n)) for n in range(80)],
+        hooks={"RETR": lambda session, argument: DROP if int(argument) == 61 else None})
+    server = fakepop(script)
+    account = fake_account(server, delete_from_server=True)
+
+    first = run_batch(account.id)
+
+    assert (first.status, first.error_kind, first.stored) == ("error", "connect", 50)
+    assert db.session.scalar(select(db.func.count()).select_from(PopUidl)) == 50
+    assert db.session.scalar(select(db.func.count()).select_from(Message)) == 50
+    assert len(script.messages) == 80  # no QUIT, nothing deleted
+    script.hooks.clear()
+    second = run_batch(account.id)
+    assert (second.status, second.stored, second.deleted) == ("done", 30, 80)
+    assert script.messages == []
+    assert _reload(account).messages_fetched == 80
+
+
 def test_a_uidl_listed_twice_is_fetched_once_and_the_twin_never_deleted(fakepop, fake_account):
     """Duplicate UIDLs: a broken-server fault Dovecot never shows."""
     script = FakePopScript(messages=[

@@ -259,7 +259,7 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     mine = own_addresses(session, owner.id) if recent else set()
     delete_mode = account.delete_from_server and not recent
     budget = float(pop_setting(config, "POP_BATCH_SECONDS"))
-    base_fetched = account.messages_fetched
+    base_fetched = sum(1 for state in known.values() if state == "stored")
     stored_numbers: list[int] = []
     quota_full = False
     quarantined: _Quarantine | None = None
@@ -268,37 +268,43 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
 
     if batch and not quota.has_room(session, owner.id, sizes.get(batch[0][0], 1)):
         quota_full = True
-    for start in range(0, len(batch), CHUNK):
-        if quota_full or quarantined is not None or time.monotonic() - started > budget:
-            break
-        chunk = batch[start:start + CHUNK]
-        uidl_of = dict(chunk)
-        received = list(pop.retrieve_many([n for n, _ in chunk]))
-        _prestore_blobs(store, [raw for _, raw in received])
-        for number, raw in received:
-            if quota_full or quarantined is not None:
+    try:
+        for start in range(0, len(batch), CHUNK):
+            if quota_full or quarantined is not None or time.monotonic() - started > budget:
                 break
-            try:
-                outcome = _store_one(session, account, mail_account, uidl_of[number], raw,
-                                     recent, mine, limit, stored_rows)
-            except _Quarantine as failure:
-                quarantined = failure
-                break
-            if outcome == "quota":
-                quota_full = True
-                break
-            result.left -= 1
-            if outcome in ("stored", "sent"):
-                result.stored += 1
-                result.bytes += len(raw)
-                result.sent += outcome == "sent"
-                stored_numbers.append(number)
-            else:
-                result.skipped += 1
-        elapsed = max(time.monotonic() - started, 1e-6)
-        _publish(result, base_fetched, result.stored / elapsed)
-        if progress:
-            progress(result)
+            chunk = batch[start:start + CHUNK]
+            uidl_of = dict(chunk)
+            received = list(pop.retrieve_many([n for n, _ in chunk]))
+            _prestore_blobs(store, [raw for _, raw in received])
+            for number, raw in received:
+                if quota_full or quarantined is not None:
+                    break
+                try:
+                    outcome = _store_one(session, account, mail_account, uidl_of[number], raw,
+                                         recent, mine, limit, stored_rows)
+                except _Quarantine as failure:
+                    quarantined = failure
+                    break
+                if outcome == "quota":
+                    quota_full = True
+                    break
+                result.left -= 1
+                if outcome in ("stored", "sent"):
+                    result.stored += 1
+                    result.bytes += len(raw)
+                    result.sent += outcome == "sent"
+                    stored_numbers.append(number)
+                else:
+                    result.skipped += 1
+            elapsed = max(time.monotonic() - started, 1e-6)
+            _publish(result, base_fetched, result.stored / elapsed)
+            if progress:
+                progress(result)
+    except pop3.PopError:
+        # What was delivered before the failure is committed by the caller: with its ledger rows.
+        if stored_rows:
+            session.execute(insert(PopUidl), stored_rows)
+        raise
 
     if quarantined is not None:
         # The failure may have left partial writes: drop this batch's work, record only the
