@@ -117,6 +117,10 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
     ca_bundle = _env(environ, "MAIL_CA_BUNDLE")
     if ca_bundle and not Path(ca_bundle).is_file():
         raise ConfigError(f"MAIL_CA_BUNDLE={ca_bundle} is not a readable file")
+    for name in ("INBOUND_TLS_CERT", "INBOUND_TLS_KEY"):
+        path = _env(environ, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}={path} is not a readable file")
 
     return {
         "SKYDESK_ENV": env_name,
@@ -146,6 +150,13 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         "LOGIN_THROTTLE_PER_ACCOUNT_IP": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT_IP", 5, minimum=1),
         "LOGIN_THROTTLE_PER_IP": _int(environ, "LOGIN_THROTTLE_PER_IP", 30, minimum=1),
         "LOGIN_THROTTLE_PER_ACCOUNT": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT", 100, minimum=1),
+        "INBOUND_HOST": _env(environ, "INBOUND_HOST") or "127.0.0.1",
+        "INBOUND_PORT": _int(environ, "INBOUND_PORT", 2525, minimum=1),
+        "INBOUND_SUBMISSION_PORT": _int(environ, "INBOUND_SUBMISSION_PORT", 0),  # 0: none
+        "INBOUND_HOSTNAME": _env(environ, "INBOUND_HOSTNAME"),  # greeting; default: FQDN
+        "INBOUND_TLS_CERT": _env(environ, "INBOUND_TLS_CERT"),  # PEM chain: enables STARTTLS
+        "INBOUND_TLS_KEY": _env(environ, "INBOUND_TLS_KEY"),
+        "INBOUND_MAX_RECIPIENTS": _int(environ, "INBOUND_MAX_RECIPIENTS", 100, minimum=1),
         "RQ_QUEUES": ["default", "fetch", "send"],
         "RQ_JOB_TIMEOUT": _int(environ, "RQ_JOB_TIMEOUT", 600, minimum=10),
     }
