@@ -316,3 +316,10 @@ def test_first_visit_then_send_like_a_browser(app, client, user, login_as):
                                       "csrf_token": csrf_from(page)})
     assert response.status_code == 302
     assert db.session.scalar(select(OutgoingMessage.from_email)) == user.email
+
+
+def test_to_parameter_prefills_the_field_without_line_breaks(app, client, user, login_as):
+    login_as(user)
+    page = client.get(f"{URL}?to=ann%40client.example%0D%0ABcc:%20x@evil.example")
+    text = page.get_data(as_text=True)
+    assert 'value="ann@client.example Bcc: x@evil.example"' in text

@@ -189,7 +189,8 @@ def _source_parts(source: Message | None) -> list:
 @bp.route("/compose", methods=["GET", "POST"], endpoint="compose")
 @login_required
 def compose_message():
-    """Write a message; ?reply= / ?reply_all= / ?forward= / ?draft= start from a stored one."""
+    """Write a message; ?reply= / ?reply_all= / ?forward= / ?draft= start from a stored one,
+    ?to= fills the To field."""
     user = current_user._get_current_object()
     identities = _identities()
     form = ComposeForm()
@@ -199,6 +200,8 @@ def compose_message():
     source_parts: list = []
     if request.method == "GET":
         form.from_identity.data = identities[0].id
+        # ?to= from other pages (CRM "Mail" buttons); shown, validated when sent.
+        form.to.data = outbox.clean_header_text(request.args.get("to", ""))[:2000]
         for kind in ("reply", "reply_all", "forward", "draft"):
             if request.args.get(kind):
                 message = _owned_message(request.args[kind])
