@@ -75,6 +75,8 @@ class Message(db.Model):
         # Keyset pagination of a folder, newest first.
         Index("ix_message_folder_listing", "folder_id", "sort_date", "id"),
         Index("ix_message_user_message_id", "user_id", "message_id"),
+        # Unread counts per folder read only the unread index entries, whatever the size.
+        Index("ix_message_folder_unread", "folder_id", "is_read"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
