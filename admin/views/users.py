@@ -215,7 +215,7 @@ def users_reset(user_id: int):
                     db.session, user.org_id, recovery, "Reset your SkyDesk Mail password",
                     reset_mail_text(link, "one hour"))
                 if not mailed:
-                    flash("No outgoing mail is set up here, so the link was not mailed: hand "
+                    flash("The link could not be mailed (the outgoing relay is not set up): hand "
                           "it over yourself.", "warning")
             password = None
         else:

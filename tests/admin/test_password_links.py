@@ -115,7 +115,15 @@ def test_forgot_password_answers_the_same_for_every_address(app, client, org, us
     assert len(bodies) == 1, "the answer must not depend on whether the account exists"
 
 
-def test_forgot_password_mails_a_working_link_to_the_recovery_address(app, org, user):
+@pytest.fixture
+def relay_host(app):
+    """A relay host in the configuration, so the outbox accepts mail (no worker sends it here)."""
+    app.config["MAIL_RELAY_HOST"] = "relay.invalid"
+    return "relay.invalid"
+
+
+def test_forgot_password_mails_a_working_link_to_the_recovery_address(app, org, user,
+                                                                     relay_host):
     """Only an enabled account with a recovery address gets a link; it arrives and works."""
     with_recovery = make_user(org)
     accounts_admin.set_recovery_address(db.session, with_recovery, "me@home.example")
@@ -142,7 +150,16 @@ def test_forgot_password_mails_a_working_link_to_the_recovery_address(app, org, 
         AuditEvent.action == "password.reset_requested")) == 1
 
 
-def test_forgot_password_mails_one_link_per_interval(app, org):
+def test_without_a_relay_no_link_is_issued_and_the_answer_is_the_same(app, org):
+    with_recovery = make_user(org)
+    accounts_admin.set_recovery_address(db.session, with_recovery, "me@home.example")
+    db.session.commit()
+    response = _forgot(app.test_client(), with_recovery.email)
+    assert response.status_code == 200 and b"Check your recovery mailbox" in response.data
+    assert db.session.scalars(select(CredentialToken)).all() == []
+
+
+def test_forgot_password_mails_one_link_per_interval(app, org, relay_host):
     with_recovery = make_user(org)
     accounts_admin.set_recovery_address(db.session, with_recovery, "me@home.example")
     db.session.commit()
@@ -163,7 +180,7 @@ def test_forgot_password_link_is_on_the_login_page_path(client):
 
 
 def test_admin_reset_link_can_be_mailed_to_the_recovery_address(app, client, org, admin_user,
-                                                                 user, login_as):
+                                                                 user, login_as, relay_host):
     if not _outbox_installed():
         pytest.skip("no outbox in this build")
     from webapp.models.sending import OutgoingMessage
