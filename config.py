@@ -50,6 +50,14 @@ def _int(environ: dict, name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _choice(environ: dict, name: str, allowed: tuple[str, ...], default: str) -> str:
+    """A setting that must be one of a few words."""
+    value = (_env(environ, name) or default).lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _database_url(raw: str | None, instance_path: Path) -> str:
     """Default to SQLite in the instance folder; use psycopg 3 for PostgreSQL URLs."""
     if not raw:
@@ -150,6 +158,13 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         "LOGIN_THROTTLE_PER_ACCOUNT_IP": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT_IP", 5, minimum=1),
         "LOGIN_THROTTLE_PER_IP": _int(environ, "LOGIN_THROTTLE_PER_IP", 30, minimum=1),
         "LOGIN_THROTTLE_PER_ACCOUNT": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT", 100, minimum=1),
+        # The organization relay used when an organization has not set its own in the admin.
+        "MAIL_RELAY_HOST": _env(environ, "MAIL_RELAY_HOST"),
+        "MAIL_RELAY_PORT": _int(environ, "MAIL_RELAY_PORT", 25, minimum=1),
+        "MAIL_RELAY_SECURITY": _choice(environ, "MAIL_RELAY_SECURITY", ("none", "starttls", "ssl"),
+                                       "starttls"),
+        "MAIL_RELAY_USERNAME": _env(environ, "MAIL_RELAY_USERNAME"),
+        "MAIL_RELAY_PASSWORD": _env(environ, "MAIL_RELAY_PASSWORD"),
         "INBOUND_HOST": _env(environ, "INBOUND_HOST") or "127.0.0.1",
         "INBOUND_PORT": _int(environ, "INBOUND_PORT", 2525, minimum=1),
         "INBOUND_SUBMISSION_PORT": _int(environ, "INBOUND_SUBMISSION_PORT", 0),  # 0: none
