@@ -163,7 +163,9 @@ def app(_migrated, test_environ, run_dir):
         yield app
         db.session.remove()
         _clean_database(db)
-        get_redis().flushdb()
+        conn = get_redis()
+        conn.flushdb()
+        conn.connection_pool.disconnect()  # no socket outlives its test (warnings are errors)
         db.engine.dispose()
     shutil.rmtree(test_environ["BLOB_DIR"], ignore_errors=True)
 
