@@ -221,6 +221,8 @@ server = 127.0.0.1
 port = {port}
 username = {USER}
 password = {PASSWORD}
+# getmail waits this long for a delivery child whose exit it missed (it then fails the run).
+timeout = 20
 
 [destination]
 type = Maildir
