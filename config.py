@@ -159,6 +159,11 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         "LOGIN_THROTTLE_PER_IP": _int(environ, "LOGIN_THROTTLE_PER_IP", 30, minimum=1),
         "LOGIN_THROTTLE_PER_ACCOUNT": _int(environ, "LOGIN_THROTTLE_PER_ACCOUNT", 100, minimum=1),
         # The organization relay used when an organization has not set its own in the admin.
+        # Base URL for links that are mailed or handed over (password resets, invitations).
+        # Set it in production: otherwise links use the request's Host header.
+        "SKYDESK_PUBLIC_URL": (_env(environ, "SKYDESK_PUBLIC_URL") or "").rstrip("/") or None,
+        "MAIL_MX_HOST": _env(environ, "MAIL_MX_HOST"),  # shown on Admin » Domains
+        "MAIL_SPF_INCLUDE": _env(environ, "MAIL_SPF_INCLUDE"),  # relay host for the SPF record
         "MAIL_RELAY_HOST": _env(environ, "MAIL_RELAY_HOST"),
         "MAIL_RELAY_PORT": _int(environ, "MAIL_RELAY_PORT", 25, minimum=1),
         "MAIL_RELAY_SECURITY": _choice(environ, "MAIL_RELAY_SECURITY", ("none", "starttls", "ssl"),
