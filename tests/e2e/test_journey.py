@@ -34,6 +34,7 @@ LEAD_EMAIL = "lead@customer.example"
 SUBJECT = "Quote for 40 seats"
 ORIGINAL_ID = "<quote-40-seats@customer.example>"
 NOTE_TITLE = "Wants a quote by Friday"
+EXPECT_TIMEOUT_MS = 15_000
 
 
 def lead_mail(to: str) -> bytes:
@@ -65,11 +66,22 @@ def flash(page):
     return page.locator(".flashes")
 
 
-def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, browser_context,
-                                                            dovecot, pop_user, smtp_server,
-                                                            tmp_path):
+@pytest.fixture
+def patient_expect():
+    """Playwright's expect, waiting up to 15 s: pages that talk to POP servers are slow."""
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    try:
+        yield expect
+    finally:
+        expect.set_options(timeout=None)  # back to Playwright's default for the other tests
+
+
+def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, browser_context,
+                                                            dovecot, pop_user, smtp_server,
+                                                            patient_expect, tmp_path):
+    expect = patient_expect
     app.config["MAIL_CA_BUNDLE"] = dovecot.ca_bundle
     app.config["POP_TIMEOUT_SECONDS"] = 10.0
     relay = smtp_server()
@@ -167,11 +179,12 @@ def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, brow
         run_jobs(app)
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Mail").click()
         message_link = page.locator(".message-list").get_by_role("link", name=SUBJECT)
-        expect(message_link).to_be_visible()
+        expect(message_link, "the fetched mail is not in the inbox").to_be_visible()
         page.goto(lead_url)
         received = page.locator(".crm-timeline li.crm-mail", has_text=SUBJECT)
-        expect(received).to_have_count(1)
-        expect(received.locator(".badge")).to_have_text("received")
+        expect(received, "the lead's mail is not on the lead's page").to_have_count(1)
+        expect(received.locator(".badge"), "the lead's mail is not marked received").to_have_text(
+            "received")
         expect(received).to_contain_text(f"from {LEAD_NAME}")
 
         # 5. A note from the message view's CRM panel, stored on the lead with a link back.
@@ -181,7 +194,7 @@ def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, brow
         assert re.fullmatch(r"/mail/message/\d+", message_path), message_path
         panel = page.get_by_role("region", name="CRM")
         card = panel.locator(".crm-card", has=page.get_by_role("link", name=LEAD_NAME))
-        expect(card).to_have_count(1)
+        expect(card, "the message view has no CRM card for the lead").to_have_count(1)
         card.get_by_text("Add a task, event or note").click()
         expect(card.get_by_label("Kind")).to_have_value("note")
         card.get_by_label("Title").fill(NOTE_TITLE)
@@ -191,7 +204,7 @@ def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, brow
         expect(page).to_have_url(re.compile(re.escape(message_path) + "$"))
         page.goto(lead_url)
         note = page.locator(".crm-timeline li.crm-activity", has_text=NOTE_TITLE)
-        expect(note).to_have_count(1)
+        expect(note, "the note from the message view is not on the lead").to_have_count(1)
         expect(note.locator(".badge")).to_have_text("note")
         expect(note.get_by_role("link", name="from a message")).to_have_attribute(
             "href", re.compile(re.escape(message_path) + "$"))
@@ -217,8 +230,8 @@ def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, brow
 
         page.goto(lead_url)
         sent = page.locator(".crm-timeline li.crm-mail", has_text=f"Re: {SUBJECT}")
-        expect(sent).to_have_count(1)
-        expect(sent.locator(".badge")).to_have_text("sent")
+        expect(sent, "the reply is not on the lead's page").to_have_count(1)
+        expect(sent.locator(".badge"), "the reply is not marked sent").to_have_text("sent")
         expect(sent).to_contain_text("in Sent")
         expect(page.locator(".crm-timeline li.crm-mail.crm-received")).to_have_count(1)
 
