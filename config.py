@@ -177,6 +177,17 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         "INBOUND_TLS_CERT": _env(environ, "INBOUND_TLS_CERT"),  # PEM chain: enables STARTTLS
         "INBOUND_TLS_KEY": _env(environ, "INBOUND_TLS_KEY"),
         "INBOUND_MAX_RECIPIENTS": _int(environ, "INBOUND_MAX_RECIPIENTS", 100, minimum=1),
+        "POP_MAX_MESSAGE_BYTES": _int(environ, "POP_MAX_MESSAGE_BYTES", 0),  # 0: MAIL_MAX_MESSAGE_BYTES
+        "POP_TIMEOUT_SECONDS": _int(environ, "POP_TIMEOUT_SECONDS", 30, minimum=1),
+        "POP_LOCK_SECONDS": _int(environ, "POP_LOCK_SECONDS", 60, minimum=1),
+        "POP_JOB_TIMEOUT": _int(environ, "POP_JOB_TIMEOUT", 600, minimum=30),
+        "POP_BATCH_SECONDS": _int(environ, "POP_BATCH_SECONDS", 240, minimum=5),
+        "POP_SWEEP_SECONDS": _int(environ, "POP_SWEEP_SECONDS", 5, minimum=1),
+        "POP_PAUSED_RECHECK_SECONDS": _int(environ, "POP_PAUSED_RECHECK_SECONDS", 60, minimum=1),
+        "POP_QUEUED_MARKER_SECONDS": _int(environ, "POP_QUEUED_MARKER_SECONDS", 120, minimum=1),
+        "POP_DEFAULT_BATCH_SIZE": _int(environ, "POP_DEFAULT_BATCH_SIZE", 200, minimum=1),
+        "POP_DEFAULT_INTERVAL_SECONDS": _int(environ, "POP_DEFAULT_INTERVAL_SECONDS", 300,
+                                             minimum=30),
         "RQ_QUEUES": ["default", "fetch", "send"],
         "RQ_JOB_TIMEOUT": _int(environ, "RQ_JOB_TIMEOUT", 600, minimum=10),
     }

@@ -98,6 +98,9 @@ def enqueue_after_commit(path: str, *args, queue: str = "default", retry: Retry 
 
 @event.listens_for(Session, "after_commit")
 def _flush_pending_jobs(session: Session) -> None:
+    # Released SAVEPOINTs fire this event too: only the outermost commit makes work visible.
+    if session.in_nested_transaction():
+        return
     jobs = session.info.pop("skydesk_pending_jobs", None)
     for path, args, kwargs, queue, retry, job_timeout, job_id in jobs or ():
         enqueue_now(path, *args, queue=queue, retry=retry, job_timeout=job_timeout,
