@@ -105,9 +105,10 @@ def deliver(session: Session, account: MailAccount, raw: bytes, source_key: str,
 
 
 def _after_delivery(session: Session, message: Message, decision: filters.FilterDecision) -> None:
-    """Work that follows a delivery once it commits: the search index, filter side effects."""
+    """Work that follows a delivery: the filter's record, labels and forwards; the search index."""
     from webapp.queue import enqueue_after_commit
 
+    filters.after_delivery(session, message, decision)
     # One index job per user per transaction, however many messages a batch delivers.
     enqueue_after_commit("worker.jobs.index.index_pending", message.user_id, session=session,
                          dedupe=True)
