@@ -143,7 +143,7 @@ def test_journey_from_a_new_user_to_a_tracked_conversation(app, admin_user, brow
 
         # … chosen as the account feeding the CRM.
         page.goto(f"{base}/settings")
-        page.get_by_role("link", name="Add-on accounts").first.click()
+        page.get_by_role("link", name="Add-on accounts", exact=True).click()
         page.get_by_label("CRM reads mail from").select_option(label=f"{pop_email} (POP)")
         page.get_by_role("button", name="Save").click()
         expect(flash(page)).to_contain_text("Add-on accounts saved")
