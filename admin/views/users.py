@@ -167,9 +167,8 @@ def users_delete(user_id: int):
                                                    User.id != user.id).order_by(User.email)).all()
     form = UserDeleteForm()
     form.reassign_to.choices = choices([(u.id, u.email) for u in others])
-    crm_available = accounts_admin.crm_reassignment_available()
     if form.validate_on_submit():
-        reassigning = crm_available and form.crm_records.data == "reassign"
+        reassigning = form.crm_records.data == "reassign"
         reassign_to = form.reassign_to.data if reassigning else None
         if form.confirm_email.data.strip().lower() != user.email:
             form.confirm_email.errors.append(f"Type {user.email} exactly to confirm.")
@@ -184,15 +183,13 @@ def users_delete(user_id: int):
                 db.session.rollback()
                 flash(str(exc), "error")
             else:
-                audit_admin("user.deleted", email, {"crm_records": form.crm_records.data
-                                                    if crm_available else "none",
-                                                    "reassigned_to": reassign_to,
-                                                    "crm_service": crm_available})
+                audit_admin("user.deleted", email, {"crm_records": form.crm_records.data,
+                                                    "reassigned_to": reassign_to})
                 db.session.commit()
                 flash(f"{email} was deleted; their sessions ended.", "success")
                 return redirect(url_for("admin.users_list"))
     return render_template("admin/users/delete.html", user=user, form=form,
-                           crm_available=crm_available, human_bytes=human_bytes)
+                           human_bytes=human_bytes)
 
 
 @bp.route("/users/<int:user_id>/reset", methods=["GET", "POST"])

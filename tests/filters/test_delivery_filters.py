@@ -1,7 +1,6 @@
 """Filters at delivery: every operator and action, order, stop, all/any, regex time limit."""
 from __future__ import annotations
 
-import inspect
 import time
 
 import pytest
@@ -11,7 +10,6 @@ from tests.filters.helpers import folder, hosted, make_filter, make_raw
 from webapp.extensions import db
 from webapp.models import Folder, Message
 from webapp.models.filters import Filter, FilterCondition
-from webapp.services import delivery
 from webapp.services.delivery import deliver
 from webapp.services.mailbox import delete_folder
 from webapp.services.filters import (FOLDER_GONE_NOTICE, ActionSpec, FilterError,
@@ -19,11 +17,6 @@ from webapp.services.filters import (FOLDER_GONE_NOTICE, ActionSpec, FilterError
                                      filter_matches, filter_name_for, labels_for)
 from webapp.services.mime import parse_envelope
 
-# Delivery records the filter and labels through filters.after_delivery(); until delivery.py
-# calls it, the tests that read those records cannot pass.
-AFTER_DELIVERY_WIRED = "filters.after_delivery(" in inspect.getsource(delivery)
-needs_after_delivery = pytest.mark.skipif(
-    not AFTER_DELIVERY_WIRED, reason="delivery.py does not call filters.after_delivery() yet")
 
 RAW = make_raw(extra_headers=[("List-Id", "Newsletter <news.lists.example>")])
 
@@ -104,14 +97,11 @@ def test_every_action_at_delivery(app, user, action):
     assert message.folder_id == expected_folder
     assert message.is_read is (action == "mark_read")
     assert message.is_flagged is (action == "flag")
-    if AFTER_DELIVERY_WIRED:
-        assert labels_for(db.session, message.id) == (["Money"] if action == "label" else [])
-        assert filter_name_for(db.session, message.id) == "Invoices rule"
+    assert labels_for(db.session, message.id) == (["Money"] if action == "label" else [])
+    assert filter_name_for(db.session, message.id) == "Invoices rule"
 
 
-@needs_after_delivery
 def test_forward_action_queues_through_send_mail_as(app, user):
-    pytest.importorskip("webapp.services.outbox", reason="the sending feature is not in yet")
     from webapp.models.sending import OutgoingMessage
 
     make_filter(user, [("subject", "contains", "invoice")],
@@ -122,12 +112,10 @@ def test_forward_action_queues_through_send_mail_as(app, user):
     assert db.session.scalar(select(OutgoingMessage).where(OutgoingMessage.user_id == user.id))
 
 
-@needs_after_delivery
 @pytest.mark.parametrize("auto_submitted, forwarded", [("auto-replied", False),
                                                       ("auto-generated", False), ("no", True)])
 def test_automatic_mail_is_never_forwarded(app, user, auto_submitted, forwarded):
     """RFC 3834: forwarding bounces and autoreplies could loop between two mailboxes."""
-    pytest.importorskip("webapp.services.outbox", reason="the sending feature is not in yet")
     from webapp.models.sending import OutgoingMessage
 
     make_filter(user, [("subject", "contains", "invoice")],
@@ -237,7 +225,6 @@ def test_sent_mail_filter_is_idempotent(app, user):
         create_sent_mail_filter(db.session, user.id, "  ")
 
 
-@needs_after_delivery
 def test_message_view_can_name_the_filter_even_after_it_is_deleted(app, user):
     target = folder(user, name="Kept")
     filter_ = make_filter(user, [("subject", "contains", "invoice")],

@@ -156,7 +156,6 @@ def test_remote_clients_get_auth_only_after_starttls(app, user, test_certs):
 
 
 def test_submission_is_relayed_byte_exact_and_filed_in_sent(app, user, listener, smtp_server):
-    pytest.importorskip("worker.jobs.send", reason="the send job has not landed yet")
     from worker.runner import run_worker
 
     relay = smtp_server()

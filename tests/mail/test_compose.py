@@ -290,8 +290,7 @@ def test_compose_page_wires_autosave_and_autocomplete(app, client, user, login_a
     page = client.get(URL).get_data(as_text=True)
     assert 'data-autosave-url="/mail/compose/autosave"' in page
     assert "compose.js" in page and 'list="address-suggestions"' in page
-    if "crm.autocomplete" in app.view_functions:
-        assert 'data-autocomplete-url="/crm/autocomplete"' in page
+    assert 'data-autocomplete-url="/crm/autocomplete"' in page
 
 
 def test_unconfirmed_identity_is_not_offered(app, client, user, login_as):

@@ -185,10 +185,9 @@ def test_plain_message_view(reader, user, app):
     assert "<iframe" not in html
     assert fresh(Message, message.id).is_read is True
     assert f'href="/mail/message/{message.id}/raw"' in html
-    compose = "mail.compose" in app.view_functions
-    assert (f"reply={message.id}" in html) == compose
-    assert (f"reply_all={message.id}" in html) == compose
-    assert (f"forward={message.id}" in html) == compose
+    assert f"reply={message.id}" in html
+    assert f"reply_all={message.id}" in html
+    assert f"forward={message.id}" in html
 
 
 def test_message_actions_from_the_view(reader, user):

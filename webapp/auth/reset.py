@@ -94,7 +94,7 @@ def forgot_password():
                 db.session.commit()
             else:
                 db.session.rollback()
-                log.warning("forgot-password: no outbox installed; no link was mailed")
+                log.warning("forgot-password: the outbox refused the mail; no link was issued")
         return render_template("auth/forgot_sent.html", email=email)
     return render_template("auth/forgot.html", form=form)
 

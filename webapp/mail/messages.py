@@ -20,6 +20,7 @@ from webapp.extensions import db
 from webapp.mail.blueprint import bp
 from webapp.mail.forms import MessageActionForm
 from webapp.mail.index import owned_or_404, render_mail_page
+from webapp.services import filters
 from webapp.models import Message
 from webapp.services import blobs, mailbox
 from webapp.services.mime import UNREADABLE_SUBJECT, ParsedMessage, get_part, parse_message
@@ -145,7 +146,8 @@ def message_show(message_id: int):
         subject=(envelope.subject if envelope and envelope.subject else message.subject)
         or ("(no subject)" if parsed is not None else UNREADABLE_SUBJECT),
         damaged=damaged, text_html=text_html, allow_remote=allow_remote, blocked_remote=blocked_remote,
-        form=form)
+        form=form, filed_by=filters.filter_name_for(db.session, message.id),
+        labels=filters.labels_for(db.session, message.id))
 
 
 @bp.route("/message/<int:message_id>/body")

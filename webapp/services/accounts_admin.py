@@ -8,7 +8,6 @@ admin never learns the password the user finally chooses.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 from webapp.models import Blob, Message, Organization, User
 from webapp.models._types import utcnow
 from webapp.models.security import TOKEN_PURPOSES, CredentialToken, RecoveryAddress
+from webapp.services import crm_records, outbox
 from webapp.services.directory import DirectoryError, create_user, normalize_email
 from webapp.services.passwords import WeakPasswordError, check_strength, hash_password
 
@@ -257,20 +257,6 @@ def set_disabled(session: Session, user: User, disabled: bool, *, actor_id: int)
     session.flush()
 
 
-def crm_reassignment_available() -> bool:
-    """Whether the CRM service that reassigns or deletes a user's records is installed."""
-    return _crm_records() is not None
-
-
-def _crm_records():
-    try:
-        return importlib.import_module("webapp.services.crm_records")
-    except ModuleNotFoundError as exc:
-        if exc.name != "webapp.services.crm_records":
-            raise
-        return None
-
-
 def delete_user(session: Session, user: User, *, actor_id: int,
                 reassign_to_id: int | None) -> None:
     """Delete the user and everything they own; their CRM records go to another user or away.
@@ -285,12 +271,10 @@ def delete_user(session: Session, user: User, *, actor_id: int,
         target = get_org_user(session, user.org_id, reassign_to_id)
         if target is None or target.id == user.id:
             raise AdminRuleError("Choose another user of this organization to take the records.")
-    crm = _crm_records()
-    if crm is not None:
-        try:
-            crm.reassign_or_delete(session, user.org_id, user.id, reassign_to_id)
-        except ValueError as exc:  # the CRM's RecordsTransferError
-            raise AdminRuleError(str(exc)) from None
+    try:
+        crm_records.reassign_or_delete(session, user.org_id, user.id, reassign_to_id)
+    except crm_records.RecordsTransferError as exc:
+        raise AdminRuleError(str(exc)) from None
     counts = session.execute(select(Message.blob_sha256, func.count())
                              .where(Message.user_id == user.id)
                              .group_by(Message.blob_sha256)).all()
@@ -306,19 +290,10 @@ def delete_user(session: Session, user: User, *, actor_id: int,
 
 def send_system_mail(session: Session, org_id: int, to_addr: str, subject: str,
                      text: str) -> bool:
-    """Queue a system message through the outbox; False when no outbox is installed."""
-    try:
-        outbox = importlib.import_module("webapp.services.outbox")
-    except ModuleNotFoundError as exc:
-        if exc.name != "webapp.services.outbox":
-            raise
-        return False
-    queue = getattr(outbox, "queue_system_message", None)
-    if queue is None:
-        return False
+    """Queue a system message through the outbox; False when the outbox refuses it."""
     try:
         with session.begin_nested():
-            queue(session, org_id, to_addr, subject, text)
+            outbox.queue_system_message(session, org_id, to_addr, subject, text)
     except ValueError as exc:  # the outbox's refusals (no domain, relay not set up)
         log.warning("system mail to the recovery address not queued: %s", exc)
         return False

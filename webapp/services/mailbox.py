@@ -149,6 +149,11 @@ def delete_folder(session: Session, user_id: int, folder_id: int) -> int:
         .values(folder_id=trash.id).execution_options(synchronize_session=False)).rowcount
     session.delete(folder)
     session.flush()
+    # A filter that filed into this folder is switched off now, with a notice, not at the
+    # next delivery (which would send that mail to the Inbox anyway).
+    from webapp.services.filters import disable_broken_filters
+
+    disable_broken_filters(session, user_id)
     return moved
 
 
