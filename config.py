@@ -130,8 +130,15 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         if path and not Path(path).is_file():
             raise ConfigError(f"{name}={path} is not a readable file")
 
+    hash_profile = _choice(environ, "PASSWORD_HASH_PROFILE",
+                           ("rfc_9106_low_memory", "rfc_9106_high_memory", "cheapest"),
+                           "rfc_9106_low_memory").upper()
+    if production and hash_profile == "CHEAPEST":
+        raise ConfigError("PASSWORD_HASH_PROFILE=cheapest is for test suites, never production")
+
     return {
         "SKYDESK_ENV": env_name,
+        "PASSWORD_HASH_PROFILE": hash_profile,
         "TESTING": env_name == "test",
         "SECRET_KEY": found["SECRET_KEY"],
         "MAIL_SECRET_KEYS": mail_keys,

@@ -108,6 +108,8 @@ def test_environ(run_dir, database_url, redis_url):
         "SECRET_KEY": "test-secret-key-not-for-production",
         "MAIL_SECRET_KEYS": Fernet.generate_key().decode(),
         "LOGIN_THROTTLE_WINDOW": "60",
+        # Hashing strength is not under test; argon2's cheapest profile saves minutes.
+        "PASSWORD_HASH_PROFILE": "cheapest",
     }
 
 

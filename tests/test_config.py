@@ -66,3 +66,23 @@ def test_rotating_keys_keeps_all(tmp_path):
 def test_bad_settings_are_refused_with_their_name(tmp_path, environ, names):
     with pytest.raises(ConfigError, match=names):
         load_config(tmp_path, environ)
+
+
+def test_cheapest_password_hashing_is_refused_in_production(tmp_path):
+    with pytest.raises(ConfigError, match="PASSWORD_HASH_PROFILE"):
+        load_config(tmp_path, {"SKYDESK_ENV": "production", "SECRET_KEY": "s" * 40,
+                               "MAIL_SECRET_KEYS": KEY, "PASSWORD_HASH_PROFILE": "cheapest"})
+
+
+def test_password_hash_profile_applies_and_old_hashes_still_verify(tmp_path):
+    from webapp.services import passwords
+
+    passwords.configure("RFC_9106_LOW_MEMORY")
+    strong = passwords.hash_password("correct horse battery")
+    passwords.configure("CHEAPEST")
+    try:
+        cheap = passwords.hash_password("correct horse battery")
+        assert "m=8" in cheap and passwords.verify_password(strong, "correct horse battery")
+        assert passwords.needs_rehash(strong)
+    finally:
+        passwords.configure("CHEAPEST")

@@ -29,6 +29,9 @@ def create_app(config: dict | None = None, environ: dict | None = None) -> Flask
         n = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
 
+    from webapp.services import passwords
+
+    passwords.configure(app.config["PASSWORD_HASH_PROFILE"])
     _init_extensions(app)
     _register_blueprints(app)
     _register_errors(app)

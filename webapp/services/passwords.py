@@ -1,7 +1,7 @@
 """User password hashing (argon2id) and the strength rule every entry point shares."""
 from __future__ import annotations
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()  # argon2id with the library's recommended parameters
@@ -14,6 +14,23 @@ _COMMON = {
 }
 # A precomputed hash verified when the user does not exist, so timing does not tell.
 _DUMMY_HASH = _hasher.hash("not-a-real-password-for-timing")
+PROFILES = ("RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST")
+
+
+def configure(profile: str) -> None:
+    """Use one of argon2-cffi's parameter profiles (PASSWORD_HASH_PROFILE).
+
+    CHEAPEST exists for test suites only (config refuses it in production); hashes made
+    under another profile still verify and are upgraded at the next login.
+    """
+    global _hasher, _DUMMY_HASH
+    if profile not in PROFILES:
+        raise ValueError(f"unknown argon2 profile {profile!r}")
+    hasher = PasswordHasher.from_parameters(getattr(profiles, profile))
+    if hasher.time_cost != _hasher.time_cost or hasher.memory_cost != _hasher.memory_cost \
+            or hasher.parallelism != _hasher.parallelism:
+        _hasher = hasher
+        _DUMMY_HASH = _hasher.hash("not-a-real-password-for-timing")
 
 
 class WeakPasswordError(ValueError):
