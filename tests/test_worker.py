@@ -56,3 +56,21 @@ def test_health_fails_clearly_without_a_worker(app, cli_env):
                              "--timeout", "1"], cwd=PROJECT_ROOT, env=cli_env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no worker completed" in result.stderr
+
+
+def test_a_failed_savepoint_drops_only_its_own_jobs(app):
+    """Review finding: a rolled-back SAVEPOINT emptied every job waiting for the commit."""
+    queue = get_queue("default")
+    db.session.add(HealthCheck(token="kept"))
+    enqueue_after_commit("worker.jobs.health.record_health", "kept")
+    try:
+        with db.session.begin_nested():
+            enqueue_after_commit("worker.jobs.health.record_health", "dropped")
+            raise ValueError("refused inside the savepoint")
+    except ValueError:
+        pass
+    with db.session.begin_nested():
+        enqueue_after_commit("worker.jobs.health.record_health", "released")
+    assert queue.count == 0
+    db.session.commit()
+    assert sorted(job.args[0] for job in queue.jobs) == ["kept", "released"]

@@ -96,11 +96,20 @@ def enqueue_after_commit(path: str, *args, queue: str = "default", retry: Retry 
     pending.append(entry)
 
 
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction) -> None:
+    # Remember how many jobs were pending when a SAVEPOINT began, to drop only its own.
+    if transaction.nested:
+        marks = session.info.setdefault("skydesk_pending_marks", {})
+        marks[id(transaction)] = len(session.info.get("skydesk_pending_jobs", ()))
+
+
 @event.listens_for(Session, "after_commit")
 def _flush_pending_jobs(session: Session) -> None:
     # Released SAVEPOINTs fire this event too: only the outermost commit makes work visible.
     if session.in_nested_transaction():
         return
+    session.info.pop("skydesk_pending_marks", None)
     jobs = session.info.pop("skydesk_pending_jobs", None)
     for path, args, kwargs, queue, retry, job_timeout, job_id in jobs or ():
         enqueue_now(path, *args, queue=queue, retry=retry, job_timeout=job_timeout,
@@ -109,4 +118,18 @@ def _flush_pending_jobs(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending_jobs(session: Session) -> None:
+    # A SAVEPOINT's rollback fires this too; its own jobs are dropped in _drop_savepoint_jobs.
+    if session.in_nested_transaction():
+        return
+    session.info.pop("skydesk_pending_marks", None)
     session.info.pop("skydesk_pending_jobs", None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_savepoint_jobs(session: Session, previous_transaction) -> None:
+    # Only the jobs added inside a rolled-back SAVEPOINT go; the outer transaction's stay.
+    if previous_transaction.nested:
+        mark = session.info.get("skydesk_pending_marks", {}).pop(id(previous_transaction), None)
+        pending = session.info.get("skydesk_pending_jobs")
+        if mark is not None and pending is not None:
+            del pending[mark:]
