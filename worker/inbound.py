@@ -266,6 +266,7 @@ class SubmissionHandler(_Handler):
                     check = rules.authenticate_submitter(
                         db.session, get_redis(self.app), rules.throttle_limits(self.app.config),
                         login, password, ip)
+                    db.session.commit()  # the audit row of a login refused by the allowlist
                 finally:
                     db.session.remove()
         except Exception as error:

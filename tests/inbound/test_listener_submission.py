@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from tests.factories import PASSWORD
 from webapp.extensions import db
-from webapp.models import Folder, Message
+from webapp.models import AuditEvent, Folder, IpRule, Message
 from webapp.models.sending import OrgRelay, OutgoingMessage, SendIdentity
 from webapp.services import blobs
 from worker.inbound import start_listener, stop_listener
@@ -175,3 +175,91 @@ def test_submission_is_relayed_byte_exact_and_filed_in_sent(app, user, listener,
                                                   Folder.role == "sent"))
     [filed] = db.session.scalars(select(Message).where(Message.folder_id == sent.id)).all()
     assert blobs.get_store(app.config["BLOB_DIR"]).get(filed.blob_sha256) == raw
+
+
+def _assert_nothing_queued(user) -> None:
+    db.session.expire_all()
+    assert db.session.scalars(select(OutgoingMessage)
+                              .where(OutgoingMessage.user_id == user.id)).all() == []
+
+
+@pytest.mark.parametrize("header_from", [
+    "From: Boss <{admin}>",
+    "From: Me <{me}>\r\nSender: Boss <{admin}>",
+    "From: Me <{me}>, Boss <{admin}>",
+    "From: Me <{me}>\r\nFrom: Boss <{admin}>",
+    "X-No-From: none",
+])
+def test_header_from_must_be_one_of_the_users_addresses(app, user, admin_user, listener,
+                                                         header_from):
+    """Defect: submission checked only MAIL FROM, so a user could send with anyone's From
+    header (MAIL FROM:<self> with From: Boss <admin@...>) through the org relay."""
+    server = listener("submission")
+    head = header_from.format(admin=admin_user.email, me=user.email).encode()
+    raw = head + b"\r\nTo: <friend@elsewhere.example>\r\nSubject: pay this\r\n\r\nNow.\r\n"
+    with connect(server) as smtp:
+        assert auth_plain(smtp, user.email, PASSWORD)[0] == 235
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail(user.email, ["friend@elsewhere.example"], raw)
+    assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1 ")
+    _assert_nothing_queued(user)
+
+
+def test_header_from_may_be_a_confirmed_send_mail_as_address(app, user, listener):
+    """Defect guard: the From header check allows the same addresses as MAIL FROM."""
+    db.session.add(SendIdentity(org_id=user.org_id, user_id=user.id, email="me@gmail.example",
+                                is_verified=True))
+    db.session.commit()
+    server = listener("submission")
+    raw = (b"From: Me <ME@gmail.example>\r\nSender: <" + user.email.encode() + b">\r\n"
+           b"To: <friend@elsewhere.example>\r\nSubject: hi\r\n\r\nHi.\r\n")
+    with connect(server) as smtp:
+        assert auth_plain(smtp, user.email, PASSWORD)[0] == 235
+        assert smtp.sendmail(user.email, ["friend@elsewhere.example"], raw) == {}
+
+
+def _allow_only(user, network: str) -> None:
+    db.session.add(IpRule(org_id=user.org_id, network=network))
+    db.session.commit()
+
+
+def test_login_from_outside_the_org_allowlist_is_refused_like_a_wrong_password(
+        app, user, listener):
+    """Defect: submission AUTH ignored the organization's IP restriction (an allowlist of
+    10.0.0.0/8 still let a login from elsewhere in). Loopback is not exempt."""
+    _allow_only(user, "10.0.0.0/8")
+    server = listener("submission")
+    with connect(server) as smtp:
+        assert auth_plain(smtp, user.email, PASSWORD) == \
+            (535, b"5.7.8 authentication credentials invalid")
+        assert auth_plain(smtp, user.email, PASSWORD)[0] == 535
+    db.session.expire_all()
+    # Audited once per window, however many attempts.
+    [event] = db.session.scalars(select(AuditEvent)
+                                 .where(AuditEvent.action == "ip.refused_login")).all()
+    assert event.actor_id == user.id and event.ip == "127.0.0.1"
+    # Each refusal counts against the login throttle like a wrong password.
+    limit = app.config["LOGIN_THROTTLE_PER_ACCOUNT_IP"]
+    with connect(server) as smtp:
+        for _attempt in range(limit):
+            auth_plain(smtp, user.email, PASSWORD)
+        assert auth_plain(smtp, user.email, PASSWORD)[0] == 454
+
+
+def test_login_from_inside_the_org_allowlist_is_accepted(app, user, listener):
+    """Defect guard: an allowlist that includes the client lets the submission login in."""
+    _allow_only(user, "127.0.0.0/8")
+    server = listener("submission")
+    with connect(server) as smtp:
+        assert auth_plain(smtp, user.email, PASSWORD)[0] == 235
+
+
+def test_login_that_must_change_its_password_is_refused_with_a_pointer_to_the_web(
+        app, user, listener):
+    """Defect: submission AUTH ignored must_change_password, which the web login enforces."""
+    user.must_change_password = True
+    db.session.commit()
+    server = listener("submission")
+    with connect(server) as smtp:
+        code, text = auth_plain(smtp, user.email, PASSWORD)
+    assert code == 535 and b"log in on the web first" in text

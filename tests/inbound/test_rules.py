@@ -59,3 +59,26 @@ def test_postmaster_reaches_the_first_admin_unless_someone_has_the_address(app, 
 
 def test_reply_text_is_one_ascii_line():
     assert rules.reply_text("Grüße\r\n550 injected\tline") == "Gr??e 550 injected line"
+
+
+@pytest.mark.parametrize("networks, ip, accepted", [
+    ([], "203.0.113.9", True),
+    (["10.0.0.0/8"], "203.0.113.9", False),
+    (["10.0.0.0/8"], "10.1.2.3", True),
+    (["10.0.0.0/8"], "::ffff:10.1.2.3", True),
+    (["10.0.0.0/8"], "127.0.0.1", False),
+])
+def test_submission_login_obeys_the_org_ip_allowlist(app, org, networks, ip, accepted):
+    """Defect: authenticate_submitter ignored the organization's IP restriction."""
+    from tests.factories import PASSWORD
+    from webapp.models import IpRule
+    from webapp.queue import get_redis
+
+    user = make_user(org, "ip@acme.example")
+    db.session.add_all([IpRule(org_id=org.id, network=n) for n in networks])
+    db.session.commit()
+    check = rules.authenticate_submitter(db.session, get_redis(app),
+                                         rules.throttle_limits(app.config),
+                                         user.email, PASSWORD, ip)
+    assert check.accepted is accepted
+    assert check.reply == (rules.REPLY_AUTH_OK if accepted else rules.REPLY_AUTH_FAILED)

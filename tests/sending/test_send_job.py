@@ -333,3 +333,21 @@ def test_an_unexpected_failure_is_written_on_the_row_not_left_sending(app, user,
     row = _row(outgoing_id)
     assert row.last_error_kind == "internal" and "Retry" in row.last_error_message
     assert row.lease_until is None and server.messages == []
+
+
+@pytest.mark.parametrize("headers", [
+    b"From: Boss <ceo@elsewhere.example>\r\n",
+    b"From: <{me}>\r\nSender: <ceo@elsewhere.example>\r\n",
+    b"From: <{me}>\r\nFrom: <ceo@elsewhere.example>\r\n",
+    b"From: undisclosed:;\r\n",
+    b"",
+])
+def test_submission_with_a_foreign_or_missing_from_header_is_refused(app, user, headers):
+    """Defect: queue_raw_submission checked only MAIL FROM, so the submitted From/Sender
+    header could name anyone and went out through the relay as sent."""
+    raw = headers.replace(b"{me}", user.email.encode()) + \
+        b"To: <x@remote.example>\r\nSubject: x\r\n\r\nx\r\n"
+    with pytest.raises(outbox.OutboxError):
+        outbox.queue_raw_submission(db.session, user.id, raw, user.email, ["x@remote.example"])
+    db.session.rollback()
+    assert db.session.scalars(select(OutgoingMessage)).all() == []

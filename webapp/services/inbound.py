@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from webapp.models import Domain, MailAccount, User
-from webapp.services import quota, throttle
+from webapp.services import ipfilter, quota, throttle
+from webapp.services.audit import record
 from webapp.services.passwords import verify_password
 
 # Unknown and disabled mailboxes get the same answer, so the reply does not tell a
@@ -33,6 +34,8 @@ REPLY_TEMPORARY = "451 4.3.0 temporary failure, try again later"
 REPLY_OK_RECIPIENT = "250 2.1.5 recipient ok"
 REPLY_AUTH_OK = "235 2.7.0 authentication successful"
 REPLY_AUTH_FAILED = "535 5.7.8 authentication credentials invalid"
+REPLY_AUTH_PASSWORD_CHANGE = ("535 5.7.8 you must choose a new password: log in on the web "
+                              "first to choose it, then use it here")
 REPLY_AUTH_THROTTLED = "454 4.7.0 too many failed logins, try again later"
 REPLY_AUTH_NEEDS_TLS = "538 5.7.11 encryption required for authentication (use STARTTLS)"
 REPLY_AUTH_REQUIRED = "530 5.7.0 authentication required"
@@ -189,7 +192,9 @@ def throttle_limits(config: Mapping) -> throttle.ThrottleLimits:
 
 def authenticate_submitter(session: Session, conn: redis.Redis, limits: throttle.ThrottleLimits,
                            login: str, password: str, ip: str) -> SubmitterCheck:
-    """Check an AUTH login against the user's password, under the web login's throttle."""
+    """Check an AUTH login: password under the web login's throttle, the organization's IP
+    allowlist, and no pending forced password change. A refusal from outside the allowlist
+    adds an audit row to the session: the caller commits."""
     email = login.strip().lower()
     # Checked before the password: a blocked guesser learns nothing, even when right.
     if throttle.seconds_blocked(conn, limits, email, ip):
@@ -198,6 +203,17 @@ def authenticate_submitter(session: Session, conn: redis.Redis, limits: throttle
     if user is None or not verify_password(user.password_hash, password) or user.is_disabled:
         throttle.record_failure(conn, limits, email, ip)
         return SubmitterCheck(REPLY_AUTH_FAILED)
+    if not ipfilter.address_allowed(ip, ipfilter.org_networks(session, user.org_id)):
+        # The organization's allowlist binds every way in, as on the web; the reply is the
+        # wrong-password one, so a guesser outside the networks learns nothing.
+        throttle.record_failure(conn, limits, email, ip)
+        if ipfilter.should_audit_refusal(conn, user.id, ip):
+            record(session, action="ip.refused_login", org_id=user.org_id, actor_id=user.id,
+                   target=user.email, detail={"service": "submission"}, ip=ip)
+        return SubmitterCheck(REPLY_AUTH_FAILED)
+    if user.must_change_password:
+        # The web forces the change at login; a mail client cannot, so it must not get round it.
+        return SubmitterCheck(REPLY_AUTH_PASSWORD_CHANGE)
     throttle.record_success(conn, email, ip)
     return SubmitterCheck(REPLY_AUTH_OK, user.id, user.email)
 

@@ -12,6 +12,8 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from flask import current_app
 from sqlalchemy import or_, select, update
@@ -24,7 +26,8 @@ from webapp.models.sending import (OrgRelay, OutgoingMessage, OutgoingRecipient,
                                    SendIdentity)
 from webapp.services import blobs, compose, quota
 from webapp.services.delivery import deliver
-from webapp.services.mime import get_part, parse_envelope, parse_message
+from webapp.services.mime import (MIME_MAX_ADDRESSES_PER_HEADER, MIME_MAX_HEADER_VALUE_CHARS,
+                                  Envelope, get_part, parse_envelope, parse_message)
 from webapp.services.secrets import decrypt_secret
 
 SEND_QUEUE = "send"
@@ -205,15 +208,47 @@ def queue_message(session: Session, user: User, identity_id: int | None,
     return outgoing
 
 
+def _check_header_senders(raw: bytes, envelope: Envelope, allowed: set[str]) -> None:
+    """Refuse submitted bytes whose From or Sender names anyone but the user.
+
+    The relay sends the bytes as they are, so the header is what recipients see: checking
+    MAIL FROM alone would let a user send as a colleague. RFC 5322 section 3.6 allows one
+    From and at most one Sender; more are refused, because a recipient's client may show any
+    of them, and counting them on the whole header block (not only what parse_envelope
+    reads within its limits) leaves no copy unchecked.
+    """
+    headers = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    from_values = headers.get_all("from") or []
+    sender_values = headers.get_all("sender") or []
+    if len(from_values) != 1 or len(sender_values) > 1:
+        raise OutboxError("The message must have exactly one From header (and at most one "
+                          "Sender header) naming one of your addresses.")
+    if any(len(str(value)) > MIME_MAX_HEADER_VALUE_CHARS
+           for value in (*from_values, *sender_values)):
+        raise OutboxError("The From or Sender header is too long.")
+    senders = envelope.addresses_for("from") + envelope.addresses_for("sender")
+    if not envelope.addresses_for("from") or \
+            len(senders) >= MIME_MAX_ADDRESSES_PER_HEADER:
+        raise OutboxError("The message has no readable From address.")
+    for address in senders:
+        if not address.email:
+            raise OutboxError("The From or Sender header has an address that cannot be read.")
+        if address.email.lower() not in allowed:
+            raise OutboxError(f"The From or Sender header names {address.email}, which is not "
+                              "one of your addresses: add and confirm it in Settings » Send "
+                              "Mail As first.")
+
+
 def queue_raw_submission(session: Session, user_id: int, raw: bytes, mail_from: str,
                          rcpt_tos: list[str]) -> OutgoingMessage:
     """Queue a message submitted over authenticated SMTP: the exact bytes go out through the
     organization relay and the same bytes are filed in Sent; the caller commits.
 
-    MAIL FROM must be the user's hosted address or one of their confirmed Send Mail As
-    addresses (else OutboxError: answer it with 553/550 5.7.1); the relay's envelope policy
-    then picks the MAIL FROM it uses.
+    MAIL FROM, and every From and Sender header address, must be the user's hosted address
+    or one of their confirmed Send Mail As addresses (else OutboxError: answer it with
+    550 5.7.1); the relay's envelope policy then picks the MAIL FROM it uses.
     """
+    from webapp.services.inbound import allowed_senders
     from webapp.services.sendas import ensure_hosted_identity
 
     user = session.get(User, user_id)
@@ -229,6 +264,7 @@ def queue_raw_submission(session: Session, user_id: int, raw: bytes, mail_from: 
         raise OutboxError(f"{mail_from} is not one of your addresses: add and confirm it in "
                           "Settings » Send Mail As first.")
     envelope = parse_envelope(raw)
+    _check_header_senders(raw, envelope, allowed_senders(session, user.id))
     relay = relay_settings(session, user.org_id)
     return _store_and_queue(
         session, org_id=user.org_id, user_id=user.id, identity_id=identity.id,
