@@ -130,6 +130,15 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         if path and not Path(path).is_file():
             raise ConfigError(f"{name}={path} is not a readable file")
 
+    public_url = (_env(environ, "SKYDESK_PUBLIC_URL") or "").rstrip("/") or None
+    if production and not public_url:
+        # Mailed password links would otherwise take their host from the request, which
+        # anyone can forge (Host: evil.example) to collect reset tokens.
+        raise ConfigError("SKYDESK_ENV=production needs SKYDESK_PUBLIC_URL "
+                          "(e.g. https://mail.example.com), the base of mailed links")
+    if public_url and not public_url.startswith(("https://", "http://")):
+        raise ConfigError(f"SKYDESK_PUBLIC_URL must start with https:// or http://, got {public_url!r}")
+
     hash_profile = _choice(environ, "PASSWORD_HASH_PROFILE",
                            ("rfc_9106_low_memory", "rfc_9106_high_memory", "cheapest"),
                            "rfc_9106_low_memory").upper()
@@ -168,7 +177,7 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         # The organization relay used when an organization has not set its own in the admin.
         # Base URL for links that are mailed or handed over (password resets, invitations).
         # Set it in production: otherwise links use the request's Host header.
-        "SKYDESK_PUBLIC_URL": (_env(environ, "SKYDESK_PUBLIC_URL") or "").rstrip("/") or None,
+        "SKYDESK_PUBLIC_URL": public_url,
         "MAIL_MX_HOST": _env(environ, "MAIL_MX_HOST"),  # shown on Admin » Domains
         "MAIL_SPF_INCLUDE": _env(environ, "MAIL_SPF_INCLUDE"),  # relay host for the SPF record
         "MAIL_RELAY_HOST": _env(environ, "MAIL_RELAY_HOST"),

@@ -180,3 +180,19 @@ def test_logout_needs_post_with_token(client, user, login_as):
     assert client.get("/settings/").status_code == 200
     post_form(client, "/logout", {}, page="/settings/")
     assert client.get("/settings/").status_code == 302
+
+
+def test_password_change_closes_open_reset_links(client, user, login_as):
+    """Review finding: a reset link handed out earlier still took over the account after the
+    owner changed their password."""
+    from webapp.services import accounts_admin
+
+    raw = accounts_admin.issue_token(db.session, user, "reset")
+    db.session.commit()
+    assert accounts_admin.find_valid_token(db.session, raw) is not None
+    login_as(user)
+    post_form(client, "/settings/password", {
+        "current_password": PASSWORD, "new_password": "a brand new passphrase",
+        "confirm": "a brand new passphrase"})
+    db.session.expire_all()
+    assert accounts_admin.find_valid_token(db.session, raw) is None

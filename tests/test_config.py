@@ -10,9 +10,10 @@ from webapp import create_app
 KEY = Fernet.generate_key().decode()
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "MAIL_SECRET_KEYS"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "MAIL_SECRET_KEYS", "SKYDESK_PUBLIC_URL"])
 def test_production_without_a_secret_refuses_to_start_and_names_it(tmp_path, missing):
-    environ = {"SKYDESK_ENV": "production", "SECRET_KEY": "s" * 40, "MAIL_SECRET_KEYS": KEY}
+    environ = {"SKYDESK_ENV": "production", "SECRET_KEY": "s" * 40, "MAIL_SECRET_KEYS": KEY,
+               "SKYDESK_PUBLIC_URL": "https://mail.example.com"}
     del environ[missing]
     with pytest.raises(ConfigError, match=missing):
         create_app({"INSTANCE_PATH": str(tmp_path)}, environ=environ)
@@ -22,7 +23,9 @@ def test_production_without_a_secret_refuses_to_start_and_names_it(tmp_path, mis
 def test_production_reads_secrets_from_files(tmp_path):
     (tmp_path / "sk").write_text("file-secret\n")
     cfg = load_config(tmp_path, {"SKYDESK_ENV": "production", "SECRET_KEY_FILE": str(tmp_path / "sk"),
-                                 "MAIL_SECRET_KEYS": KEY})
+                                 "MAIL_SECRET_KEYS": KEY,
+                                 "SKYDESK_PUBLIC_URL": "https://mail.example.com/"})
+    assert cfg["SKYDESK_PUBLIC_URL"] == "https://mail.example.com"
     assert cfg["SECRET_KEY"] == "file-secret"
     assert cfg["SESSION_COOKIE_SECURE"] is True
 
@@ -62,6 +65,7 @@ def test_rotating_keys_keeps_all(tmp_path):
     ({"MAIL_SECRET_KEYS": "not-a-key"}, "MAIL_SECRET_KEYS"),
     ({"MAIL_CA_BUNDLE": "/nonexistent/ca.pem"}, "MAIL_CA_BUNDLE"),
     ({"SKYDESK_ENV": "staging"}, "SKYDESK_ENV"),
+    ({"SKYDESK_PUBLIC_URL": "mail.example.com"}, "SKYDESK_PUBLIC_URL"),
 ])
 def test_bad_settings_are_refused_with_their_name(tmp_path, environ, names):
     with pytest.raises(ConfigError, match=names):
@@ -71,7 +75,8 @@ def test_bad_settings_are_refused_with_their_name(tmp_path, environ, names):
 def test_cheapest_password_hashing_is_refused_in_production(tmp_path):
     with pytest.raises(ConfigError, match="PASSWORD_HASH_PROFILE"):
         load_config(tmp_path, {"SKYDESK_ENV": "production", "SECRET_KEY": "s" * 40,
-                               "MAIL_SECRET_KEYS": KEY, "PASSWORD_HASH_PROFILE": "cheapest"})
+                               "MAIL_SECRET_KEYS": KEY, "PASSWORD_HASH_PROFILE": "cheapest",
+                               "SKYDESK_PUBLIC_URL": "https://mail.example.com"})
 
 
 def test_password_hash_profile_applies_and_old_hashes_still_verify(tmp_path):

@@ -317,6 +317,26 @@ def test_cid_images_load_by_signed_token_without_the_session_cookie(app, client,
     assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
+def test_cid_image_links_end_with_the_session(app, client, user, login_as):
+    """Review finding: image links kept working for 12 h after a disable or password change,
+    and outside the organization's allowed networks."""
+    from webapp.models import IpRule
+
+    message = deliver_raw(user, html_mail('<p><img src="cid:logo@x"></p>', inline_images={"logo@x": PNG}))
+    login_as(user)
+    body = client.get(f"/mail/message/{message.id}/body").data.decode()
+    url = re.search(r'src="([^"]+/cid/[^"]+)"', body).group(1).replace("&amp;", "&")
+    anonymous = app.test_client()
+    db.session.add(IpRule(org_id=user.org_id, network="10.0.0.0/8"))
+    db.session.commit()
+    assert anonymous.get(url, environ_base={"REMOTE_ADDR": "203.0.113.5"}).status_code == 403
+    with anonymous.get(url, environ_base={"REMOTE_ADDR": "10.1.2.3"}) as response:
+        assert response.status_code == 200
+    user.session_version += 1
+    db.session.commit()
+    assert anonymous.get(url, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 404
+
+
 def test_search_page(reader, user):
     deliver_raw(user, plain_mail(subject="Quarterly forecast", body="numbers for zeppelin corp"))
     deliver_raw(user, plain_mail(subject="Lunch"))

@@ -20,9 +20,8 @@ from webapp.extensions import db
 from webapp.mail.blueprint import bp
 from webapp.mail.forms import MessageActionForm
 from webapp.mail.index import owned_or_404, render_mail_page
-from webapp.services import filters
-from webapp.models import Message
-from webapp.services import blobs, mailbox
+from webapp.models import Message, User
+from webapp.services import blobs, filters, ipfilter, mailbox
 from webapp.services.mime import UNREADABLE_SUBJECT, ParsedMessage, get_part, parse_message
 from webapp.services.mime import find_content_id
 from webapp.services.sanitize import sanitize_html, text_to_html
@@ -84,7 +83,8 @@ def _cid_signer() -> URLSafeTimedSerializer:
 
 
 def _cid_url(message_id: int):
-    token = _cid_signer().dumps([current_user.id, message_id])
+    # The session version rides along: a password change or a disable ends these links too.
+    token = _cid_signer().dumps([current_user.id, message_id, current_user.session_version])
 
     def build(content_id: str) -> str:
         return url_for("mail.message_cid", message_id=message_id, content_id=content_id, t=token)
@@ -99,12 +99,18 @@ def _cid_owner(message_id: int) -> int | None:
     if not token:
         return None
     try:
-        user_id, signed_message_id = _cid_signer().loads(token, max_age=CID_TOKEN_MAX_AGE)
+        user_id, signed_message_id, version = _cid_signer().loads(token,
+                                                                  max_age=CID_TOKEN_MAX_AGE)
     except (BadSignature, ValueError, TypeError):
         abort(404)
-    if signed_message_id != message_id:
+    owner = db.session.get(User, int(user_id)) if signed_message_id == message_id else None
+    if owner is None or owner.is_disabled or owner.session_version != version:
         abort(404)
-    return int(user_id)
+    # The frame's requests carry no session, so the organization's IP rules are checked here.
+    if not ipfilter.address_allowed(request.remote_addr,
+                                    ipfilter.org_networks(db.session, owner.org_id)):
+        abort(403)
+    return owner.id
 
 
 def _sanitized(message: Message, parsed: ParsedMessage, allow_remote: bool):

@@ -5,6 +5,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user
 
 from webapp.extensions import db
+from webapp.services.accounts_admin import close_open_tokens
 from webapp.services.audit import record
 from webapp.services.passwords import WeakPasswordError, check_strength, hash_password, \
     verify_password
@@ -35,6 +36,8 @@ def password_change():
                 user.password_hash = hash_password(form.new_password.data)
                 user.must_change_password = False
                 user.session_version += 1
+                # Reset and invitation links still open would undo this change.
+                close_open_tokens(db.session, user.id)
                 record(db.session, action="password.changed", org_id=user.org_id,
                        actor_id=user.id, target=user.email, ip=request.remote_addr or "")
                 db.session.commit()

@@ -1,14 +1,16 @@
 """Settings » Recovery address: where "Forgot password?" links are mailed."""
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import StringField, SubmitField
-from wtforms.validators import Length, Optional
+from wtforms import PasswordField, StringField, SubmitField
+from wtforms.validators import DataRequired, Length, Optional
 
 from webapp.extensions import db
 from webapp.services.accounts_admin import recovery_address_of, set_recovery_address
+from webapp.services.audit import record
+from webapp.services.passwords import verify_password
 from webapp.services.directory import DirectoryError
 from webapp.settings.blueprint import bp, register_section
 
@@ -23,6 +25,10 @@ class RecoveryForm(FlaskForm):
     email = StringField("Recovery address", validators=[Optional(), Length(max=320)],
                         description="Leave empty to remove it. Use a personal address, not this "
                                     "mailbox: if you cannot log in you cannot read mail here.")
+    current_password = PasswordField(
+        "Your password", validators=[DataRequired()],
+        render_kw={"autocomplete": "current-password"},
+        description="Needed because this address can reset your password.")
     submit = SubmitField("Save")
 
 
@@ -35,12 +41,20 @@ def recovery_edit():
     if not form.is_submitted():
         form.email.data = recovery_address_of(db.session, user.id)
     if form.validate_on_submit():
+        old = recovery_address_of(db.session, user.id)
+        if not verify_password(user.password_hash, form.current_password.data):
+            # Whoever holds a session must not be able to point resets at their own mailbox.
+            form.current_password.errors.append("That is not your current password.")
+            return render_template("settings/recovery.html", form=form)
         try:
             set_recovery_address(db.session, user, form.email.data)
         except DirectoryError as exc:
             db.session.rollback()
             form.email.errors.append(str(exc))
         else:
+            record(db.session, action="recovery.changed", org_id=user.org_id, actor_id=user.id,
+                   target=user.email, detail={"from": old, "to": recovery_address_of(
+                       db.session, user.id)}, ip=request.remote_addr or "")
             db.session.commit()
             flash("Recovery address saved." if form.email.data else "Recovery address removed.",
                   "success")
