@@ -19,7 +19,7 @@ from webapp.models import MailAccount, Message, User
 from webapp.models._types import utcnow
 from webapp.models.pop import POP_SECURITY, PopAccount, PopFetchRun, PopUidl
 from webapp.services.directory import normalize_email
-from webapp.services.secrets import encrypt_secret
+from webapp.services.secrets import decrypt_secret, encrypt_secret
 
 AUTH_FAILURE_LIMIT = 10
 CONNECTION_FAILURE_LIMIT = 50
@@ -50,6 +50,15 @@ STATE_REASON_WORDS = {
 
 class PopAccountError(ValueError):
     """Bad account settings; the message says what to change."""
+
+
+class PasswordNeededError(PopAccountError):
+    """The server or login changed but no password was typed: the saved one must not follow."""
+
+
+PASSWORD_AGAIN = "Enter the password again: the server or login changed."
+# POP3 sends USER and PASS as text lines: a CR or LF would end the line and start a command.
+_LINE_BREAKING = ("\r", "\n", "\0")
 
 
 def pop_setting(config: dict, name: str) -> Any:
@@ -89,13 +98,44 @@ def validate_settings(*, host: str, port: int, security: str, username: str,
         raise PopAccountError("The port must be between 1 and 65535 (usually 995 for SSL).")
     if security not in POP_SECURITY:
         raise PopAccountError(f"Security must be one of {', '.join(POP_SECURITY)}.")
-    if not username or len(username) > 320 or any(c in username for c in "\r\n"):
+    if not username or len(username) > 320:
         raise PopAccountError("Enter the username the provider gave you.")
+    if any(c in username for c in _LINE_BREAKING):
+        raise PopAccountError("The username must not contain line breaks.")
     if not BATCH_SIZE_RANGE[0] <= int(batch_size) <= BATCH_SIZE_RANGE[1]:
         raise PopAccountError(f"The batch size must be between {BATCH_SIZE_RANGE[0]} and "
                               f"{BATCH_SIZE_RANGE[1]}.")
     if int(interval_seconds) < 1:
         raise PopAccountError("The interval must be positive.")
+
+
+def validate_password(password: str) -> None:
+    """Refuse a password POP3 cannot carry (a line break would be sent as a command)."""
+    if any(c in password for c in _LINE_BREAKING):
+        raise PopAccountError("The password must not contain line breaks.")
+
+
+def login_changed(account: PopAccount, *, host: str, port: int, security: str,
+                  username: str) -> bool:
+    """Whether these settings name another server or login than the ones saved on the account."""
+    return (host.strip().lower(), int(port), security, username.strip()) != (
+        account.host, account.port, account.security, account.username)
+
+
+def password_for_login(account: PopAccount, *, host: str, port: int, security: str,
+                       username: str, password: str, secret_keys: list[str]) -> str:
+    """The password to test these settings with: the typed one, else the saved one.
+
+    The saved password is used only for the saved server and login: sending it to a server
+    named in the same request would hand the mailbox password to whoever runs that server.
+    Raises PasswordNeededError then, and SecretDecryptError when the keys no longer match.
+    """
+    if password:
+        validate_password(password)
+        return password
+    if login_changed(account, host=host, port=port, security=security, username=username):
+        raise PasswordNeededError(PASSWORD_AGAIN)
+    return decrypt_secret(secret_keys, account.password_encrypted)
 
 
 def probe_server(host: str, port: int, security: str, username: str, password: str, *,
@@ -187,6 +227,7 @@ def create_pop_account(session: Session, user: User, *, email: str, host: str, p
                       batch_size=batch_size, interval_seconds=interval_seconds)
     if not password:
         raise PopAccountError("Enter the password of the mailbox.")
+    validate_password(password)
     mail_account = _mail_account_for(session, user, email, display_name.strip())
     account = PopAccount(
         org_id=user.org_id, user_id=user.id, mail_account_id=mail_account.id, host=host,
@@ -215,7 +256,9 @@ def update_pop_account(session: Session, account: PopAccount, *, host: str, port
                        interval_seconds: int | None = None, job_timeout: int = 600) -> bool:
     """Change an account's settings; a new password re-enables it and fetches at once.
 
-    Returns whether a fetch was enqueued (after the commit).
+    A new server or login needs the password typed again (PasswordNeededError otherwise), so
+    the saved one is never sent to a server it was not saved for. Returns whether a fetch was
+    enqueued (after the commit).
     """
     username = username.strip()
     host = host.strip().lower()
@@ -223,8 +266,12 @@ def update_pop_account(session: Session, account: PopAccount, *, host: str, port
     interval_seconds = account.interval_seconds if interval_seconds is None else int(interval_seconds)
     validate_settings(host=host, port=port, security=security, username=username,
                       batch_size=batch_size, interval_seconds=interval_seconds)
-    server_changed = (host, int(port), security, username) != (
-        account.host, account.port, account.security, account.username)
+    server_changed = login_changed(account, host=host, port=port, security=security,
+                                   username=username)
+    if password:
+        validate_password(password)
+    elif server_changed:
+        raise PasswordNeededError(PASSWORD_AGAIN)
     account.host, account.port, account.security, account.username = host, int(port), security, username
     account.batch_size, account.interval_seconds = batch_size, interval_seconds
     if display_name is not None:

@@ -5,7 +5,11 @@ from flask_wtf import FlaskForm
 from wtforms import (BooleanField, EmailField, IntegerField, PasswordField, RadioField,
                      SelectField, StringField, SubmitField)
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional, Regexp
+
+# POP3 sends USER and PASS as text lines: a CR or LF would end the line and start a command.
+# \Z, not $: "$" also matches before a final newline.
+NO_LINE_BREAKS = r"[^\r\n\x00]*\Z"
 
 SECURITY_CHOICES = [
     SelectChoice("ssl", "SSL/TLS (recommended, usually port 995)"),
@@ -15,7 +19,11 @@ SECURITY_CHOICES = [
 
 
 class PopAccountForm(FlaskForm):
-    """Add or change a POP account; on edit the password may stay blank to keep it."""
+    """Add or change a POP account; on edit a blank password keeps the saved one.
+
+    Only while server, port, security and username stay the same: the services refuse to send
+    the saved password anywhere else.
+    """
 
     email = EmailField("Email address", validators=[DataRequired(), Email(), Length(max=320)],
                        description="The address whose mail you want here.")
@@ -26,11 +34,17 @@ class PopAccountForm(FlaskForm):
     security = SelectField("Security", choices=SECURITY_CHOICES, default="ssl",
                            description="Without security anyone on the way can read your "
                                        "password and your mail.")
-    username = StringField("Username", validators=[DataRequired(), Length(max=320)],
+    username = StringField("Username", validators=[
+                               DataRequired(), Length(max=320),
+                               Regexp(NO_LINE_BREAKS, message="The username must not contain "
+                                                              "line breaks.")],
                            render_kw={"autocomplete": "off"},
                            description="Usually the full address. Gmail: write recent:you@gmail.com "
                                        "to get the last 30 days, sent mail included.")
-    password = PasswordField("Password", validators=[Length(max=1024)],
+    password = PasswordField("Password", validators=[
+                                 Length(max=1024),
+                                 Regexp(NO_LINE_BREAKS, message="The password must not contain "
+                                                                "line breaks.")],
                              render_kw={"autocomplete": "new-password"})
     delete_from_server = RadioField("After fetching", default="keep", choices=[
         SelectChoice("keep", "Leave a copy on the server"),

@@ -8,7 +8,7 @@ from webapp.extensions import db
 from webapp.models.pop import PopAccount
 from webapp.queue import get_redis
 from webapp.services import pop_accounts as service
-from webapp.services.secrets import SecretDecryptError, decrypt_secret
+from webapp.services.secrets import SecretDecryptError
 from webapp.settings.account_forms import ConfirmForm, PopAccountForm
 from webapp.settings.blueprint import bp, register_section
 
@@ -143,7 +143,7 @@ def _flash_saved(check: service.ConnectionCheck, account: PopAccount, warning: s
 @bp.route("/accounts/<int:pop_id>/edit", methods=["GET", "POST"])
 @login_required
 def accounts_edit(pop_id: int):
-    """Change a POP account; a blank password keeps the saved one."""
+    """Change a POP account; a blank password keeps the saved one for the same server and login."""
     account = _own_account(pop_id)
     form = PopAccountForm(obj=account)
     del form.which, form.email
@@ -155,14 +155,16 @@ def accounts_edit(pop_id: int):
         form.password.data = ""
     check = None
     if form.validate_on_submit():
-        password = form.password.data
-        if not password:
-            try:
-                password = decrypt_secret(current_app.config["MAIL_SECRET_KEYS"],
-                                          account.password_encrypted)
-            except SecretDecryptError as exc:
-                form.password.errors.append(str(exc))
-                password = None
+        try:
+            # The saved password only goes to the saved server and login: a changed one
+            # needs it typed again before anything is tested or saved.
+            password = service.password_for_login(
+                account, host=form.host.data, port=form.port.data, security=form.security.data,
+                username=form.username.data, password=form.password.data or "",
+                secret_keys=current_app.config["MAIL_SECRET_KEYS"])
+        except (service.PopAccountError, SecretDecryptError) as exc:
+            form.password.errors.append(str(exc))
+            password = None
         if password:
             check = _check(form, password, want_uidls=False)
             if check.ok or form.save_anyway.data:
