@@ -513,6 +513,20 @@ class PopSession:
             connection.close()
 
 
+def refuse_line_breaks(username: str, password: str) -> None:
+    """Raise PopError ("auth") for credentials that would be sent as extra POP3 commands."""
+    # poplib writes "USER x" and "PASS y" as text lines without checking: "pw\r\nDELE 1"
+    # would reach the server as a second command. Such credentials can never log in, so
+    # they are an authentication problem the user fixes by typing them again.
+    for what, value in (("username", username), ("password", password)):
+        if any(c in value for c in "\r\n\0"):
+            raise PopError(
+                "auth",
+                f"The {what} contains a line break, which POP3 cannot send. Enter the "
+                "username and password again in Settings » Mail Accounts.",
+            )
+
+
 def open_session(
     host: str,
     port: int,
@@ -525,6 +539,7 @@ def open_session(
     """Connect, secure and log in; return a PopSession or raise PopError."""
     if security not in SECURITY_MODES:
         raise ValueError(f"security must be one of {SECURITY_MODES}, not {security!r}")
+    refuse_line_breaks(username, password)  # before connecting: nothing of them leaves
     try:
         context = tls_context(ca_bundle) if security != "none" else None
     except (OSError, ssl.SSLError) as exc:
@@ -575,6 +590,7 @@ def test_connection(
     ca_bundle: str | None = None,
 ) -> dict[str, object]:
     """Connect, log in, count messages and QUIT, for the settings page's test button."""
+    refuse_line_breaks(username, password)
     started = time.monotonic()
     with open_session(host, port, security, username, password, timeout, ca_bundle) as session:
         messages, octets = session.stat()

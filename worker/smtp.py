@@ -247,6 +247,7 @@ class SmtpConnection:
         """Connect, greet, secure and sign in; raise a classified SmtpError on any failure."""
         if self._client is not None:
             raise RuntimeError("this SmtpConnection is already open")
+        self._refuse_line_breaks()  # before connecting: nothing of these credentials leaves
         # Outside the try: an unreadable CA bundle is the operator's error, not a server's.
         context = tls_context(self.ca_bundle) if self.security != "none" else None
         try:
@@ -276,6 +277,17 @@ class SmtpConnection:
             if isinstance(error, Exception) and not isinstance(error, SmtpError):
                 raise self._classify(error, stage="CONNECT") from error
             raise
+
+    def _refuse_line_breaks(self) -> None:
+        # smtplib base64-encodes AUTH, so a CR/LF cannot become a command here as it can in
+        # POP3; refused anyway, so that every mail login follows one rule.
+        for what, value in (("username", self.username), ("password", self.password)):
+            if value and any(c in value for c in "\r\n\0"):
+                raise SmtpError(
+                    "auth",
+                    f"The {what} for {self.host}:{self.port} contains a line break, which "
+                    f"cannot be sent. Enter the username and password again in {SETTINGS_HINT}.",
+                )
 
     def _login(self) -> None:
         assert self._client is not None

@@ -412,3 +412,22 @@ def test_tls_context_is_built_once_per_bundle(dovecot):
     assert pop3.tls_context(dovecot.ca_bundle) is pop3.tls_context(dovecot.ca_bundle)
     assert pop3.tls_context(None) is not pop3.tls_context(dovecot.ca_bundle)
     assert pop3.tls_context(None).check_hostname
+
+
+@pytest.mark.parametrize("call", ["open_session", "test_connection"])
+@pytest.mark.parametrize(("username", "password"), [
+    ("me", "pw\r\nQUIT"), ("me", "pw\nDELE 1"), ("me", "pw\r"), ("me", "pw\0"),
+    ("me\r\nDELE 1", "pw"), ("me\0", "pw"),
+])
+def test_line_breaks_in_the_login_are_refused_before_connecting(fakepop, call, username,
+                                                                password):
+    """Defect: poplib sent a password "pw\\r\\nQUIT" as PASS pw and a second command QUIT.
+
+    Scripted server: it records every line it receives, which Dovecot does not report.
+    """
+    server = fakepop(FakePopScript())
+    with pytest.raises(PopError) as caught:
+        getattr(pop3, call)(server.host, server.port, "none", username, password, timeout=5)
+    assert (caught.value.kind, caught.value.counts_as) == ("auth", "auth")
+    assert "contains a line break" in caught.value.user_message
+    assert server.commands == [] and server.connections == []

@@ -316,3 +316,24 @@ def test_smtp_error_survives_pickling() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.kind, copy.user_message, copy.code, copy.server_text, copy.temporary, copy.refused) == (
         "auth", "Update the password.", 535, "5.7.8 nope", False, {"a@example.org": RecipientRefusal(550, "no")})
+
+
+@pytest.mark.parametrize(("username", "password"), [
+    (USER, "pw\r\nRSET"), (USER, "pw\n"), (USER, "pw\0"), (f"{USER}\r\nRSET", PASSWORD),
+])
+def test_line_breaks_in_the_login_are_refused_before_connecting(
+        unused_port: int, username: str, password: str) -> None:
+    """Defect: CR/LF in SMTP credentials was not refused (POP3 sent it as extra commands).
+
+    Nobody listens on the port: had the client connected first, this would be a connect error.
+    """
+    for attempt in (
+        lambda: SmtpConnection("127.0.0.1", unused_port, security="none", username=username,
+                               password=password, timeout=2.0).open(),
+        lambda: check_smtp_settings("127.0.0.1", unused_port, security="none", username=username,
+                                    password=password, timeout=2.0),
+    ):
+        with pytest.raises(SmtpError) as caught:
+            attempt()
+        assert (caught.value.kind, caught.value.temporary) == ("auth", False)
+        assert "contains a line break" in caught.value.user_message
