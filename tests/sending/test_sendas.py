@@ -206,3 +206,104 @@ def test_adding_an_address_without_a_relay_says_so_and_keeps_nothing(app, client
     assert response.status_code == 400
     assert "relay is not set up" in response.get_data(as_text=True)
     assert _identity(user, "me@gmail.example") is None
+
+
+PASSWORD_AGAIN = "Enter the password again: the server or login changed."
+
+
+def _smtp_fields(server, **changes) -> dict:
+    fields = {"display_name": "Me", "reply_to": "", "transport": "smtp", "smtp_host": server.host,
+              "smtp_port": str(server.port), "smtp_security": "none",
+              "smtp_username": "me@gmail.example", "smtp_password": ""}
+    fields.update(changes)
+    return fields
+
+
+def _smtp_saved(user) -> tuple:
+    identity = _identity(user, "me@gmail.example")
+    return (identity.display_name, identity.smtp_host, identity.smtp_port,
+            identity.smtp_security, identity.smtp_username, identity.smtp_password_encrypted)
+
+
+@pytest.mark.parametrize("change", [{"smtp_host": "smtp.elsewhere.example"},
+                                    {"smtp_port": "2525"}, {"smtp_security": "ssl"},
+                                    {"smtp_username": "someone@elsewhere.example"}])
+def test_a_new_smtp_server_or_login_needs_the_password_typed_again(
+        app, client, user, login_as, relay_configured, smtp_server, change):
+    """Defect: a blank password kept the stored one although host, port, security or username
+    changed, and the Test button or the next send logged in there with it (a borrowed session
+    could harvest the Gmail password). Now nothing is saved until it is typed again."""
+    server = smtp_server(auth=("me@gmail.example", "right"))
+    login_as(user)
+    _add(client)
+    edit = f"/settings/sendas/{_identity(user, 'me@gmail.example').id}"
+    post_form(client, edit, _smtp_fields(server, smtp_password="right"))
+    before = _smtp_saved(user)
+
+    refused = post_form(client, edit, _smtp_fields(server, display_name="Changed", **change))
+
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and PASSWORD_AGAIN in page
+    assert _smtp_saved(user) == before
+    # The Test button still uses the saved server, which the password belongs to.
+    tested = post_form(client, f"{edit}/test", {}, page=edit, follow_redirects=True)
+    assert "It works." in tested.get_data(as_text=True)
+
+    retyped = post_form(client, edit, _smtp_fields(server, smtp_password="other", **change))
+    assert retyped.status_code == 302
+    assert _smtp_saved(user)[5] != before[5]
+
+
+def test_the_service_keeps_the_stored_password_only_for_its_server(app, user, relay_configured):
+    """Defect (every entry point): update_identity kept the stored password for a new server;
+    a blank password still keeps it for the same one, and going without a login forgets it."""
+    from webapp.services import sendas
+
+    identity = sendas.add_identity(db.session, user, "me@gmail.example")
+    settings = {"display_name": "Me", "reply_to": "", "transport": "smtp",
+                "smtp_host": "smtp.gmail.example", "smtp_port": 587, "smtp_security": "starttls",
+                "smtp_username": "me@gmail.example"}
+    sendas.update_identity(db.session, identity, **settings, smtp_password="app-password")
+    db.session.commit()
+    stored = identity.smtp_password_encrypted
+
+    sendas.update_identity(db.session, identity, **{**settings, "smtp_host": "SMTP.Gmail.example",
+                                                    "display_name": "Me 2"}, smtp_password=None)
+    assert identity.smtp_password_encrypted == stored and identity.display_name == "Me 2"
+    with pytest.raises(sendas.SmtpPasswordError, match=PASSWORD_AGAIN):
+        sendas.update_identity(db.session, identity, **{**settings, "smtp_host": "evil.example",
+                                                        "display_name": "Me 3"},
+                               smtp_password=None)
+    assert (identity.smtp_host, identity.display_name) == ("SMTP.Gmail.example", "Me 2")
+    assert sendas.smtp_password(identity) == "app-password"
+
+    sendas.update_identity(db.session, identity, **{**settings, "smtp_host": "open.example",
+                                                    "smtp_username": ""}, smtp_password=None)
+    assert identity.smtp_password_encrypted == ""  # no login there: the password stays behind
+
+
+@pytest.mark.parametrize(("field", "value"), [("smtp_password", "pw\r\nRSET"),
+                                              ("smtp_password", "pw\0"),
+                                              ("smtp_username", "me@gmail.example\r\nRSET")])
+def test_line_breaks_in_the_smtp_login_are_refused(app, client, user, login_as,
+                                                   relay_configured, smtp_server, field, value):
+    """Defect: CR/LF in the SMTP username or password was accepted and stored."""
+    from webapp.services import sendas
+
+    server = smtp_server()
+    login_as(user)
+    _add(client)
+    identity = _identity(user, "me@gmail.example")
+    edit = f"/settings/sendas/{identity.id}"
+
+    response = post_form(client, edit, _smtp_fields(server, **{field: value}))
+
+    assert response.status_code == 400
+    what = "password" if field == "smtp_password" else "username"
+    assert f"{what} must not contain line breaks" in response.get_data(as_text=True).lower()
+    assert _identity(user, "me@gmail.example").transport == "relay"
+    with pytest.raises(sendas.SendAsError, match="must not contain line breaks"):
+        sendas.update_identity(db.session, identity, display_name="", reply_to="",
+                               transport="smtp", smtp_host=server.host, smtp_port=server.port,
+                               smtp_security="none", smtp_username="me@gmail.example",
+                               smtp_password="pw\r\nRSET")

@@ -29,6 +29,13 @@ class SendAsError(ValueError):
     """Bad input for a Send Mail As address; the message is shown as is."""
 
 
+class SmtpPasswordError(SendAsError):
+    """The SMTP password must be typed (again); the message belongs on the password field."""
+
+
+PASSWORD_AGAIN = "Enter the password again: the server or login changed."
+
+
 def _hash_code(code: str) -> str:
     return hashlib.sha256(code.strip().upper().encode()).hexdigest()
 
@@ -149,15 +156,27 @@ def confirm_identity(session: Session, identity: SendIdentity, code: str) -> Non
     identity.verify_token_hash = ""
 
 
+def _login_changed(identity: SendIdentity, host: str, port: int, security: str,
+                   username: str) -> bool:
+    return (host.lower(), int(port), security, username) != (
+        identity.smtp_host.lower(), identity.smtp_port, identity.smtp_security,
+        identity.smtp_username)
+
+
 def update_identity(session: Session, identity: SendIdentity, *, display_name: str,
                     reply_to: str, transport: str, smtp_host: str = "", smtp_port: int = 587,
                     smtp_security: str = "starttls", smtp_username: str = "",
                     smtp_password: str | None = None) -> None:
-    """Change name, reply-to and transport; a None password keeps the stored one."""
+    """Change name, reply-to and transport; an empty password keeps the stored one.
+
+    Only for the stored server and login: when host, port, security or username change, the
+    password must be typed again (SmtpPasswordError), so the stored one is never sent to a
+    server it was not saved for. Nothing changes when an error is raised.
+    """
     if transport not in TRANSPORTS:
         raise SendAsError("Choose the organization relay or your own SMTP server.")
-    identity.display_name = _check_text("Name", display_name, 200)
-    identity.reply_to = _check_reply_to(reply_to)
+    display_name = _check_text("Name", display_name, 200)
+    reply_to = _check_reply_to(reply_to)
     if transport == "smtp":
         host = _check_text("SMTP server", smtp_host, 253)
         if not host or " " in host:
@@ -166,15 +185,26 @@ def update_identity(session: Session, identity: SendIdentity, *, display_name: s
             raise SendAsError("Choose SSL, STARTTLS or none.")
         if not 1 <= int(smtp_port) <= 65535:
             raise SendAsError("The port is a number from 1 to 65535.")
+        username = _check_text("Username", smtp_username, 320)
+        if smtp_password and any(c in smtp_password for c in "\r\n\0"):
+            raise SmtpPasswordError("The password must not contain line breaks.")
+        forget_password = smtp_password is not None and not smtp_password and not username
+        if not smtp_password and identity.smtp_password_encrypted \
+                and _login_changed(identity, host, smtp_port, smtp_security, username):
+            if username:
+                raise SmtpPasswordError(PASSWORD_AGAIN)
+            forget_password = True  # no login now; the old password must not follow later
         identity.smtp_host = host
         identity.smtp_port = int(smtp_port)
         identity.smtp_security = smtp_security
-        identity.smtp_username = _check_text("Username", smtp_username, 320)
+        identity.smtp_username = username
         if smtp_password:
             identity.smtp_password_encrypted = encrypt_secret(
                 current_app.config["MAIL_SECRET_KEYS"], smtp_password)
-        elif smtp_password is not None and not identity.smtp_username:
+        elif forget_password:
             identity.smtp_password_encrypted = ""
+    identity.display_name = display_name
+    identity.reply_to = reply_to
     identity.transport = transport
 
 

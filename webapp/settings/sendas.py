@@ -79,6 +79,10 @@ def sendas_edit(identity_id: int):
                 smtp_host=form.smtp_host.data or "", smtp_port=form.smtp_port.data or 587,
                 smtp_security=form.smtp_security.data, smtp_username=form.smtp_username.data or "",
                 smtp_password=form.smtp_password.data or None)
+        except sendas.SmtpPasswordError as error:
+            # Said on the password field: a changed server or login needs it typed again.
+            db.session.rollback()
+            form.smtp_password.errors.append(str(error))
         except sendas.SendAsError as error:
             db.session.rollback()
             form.form_errors.append(str(error))

@@ -4,7 +4,11 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, RadioField, SelectChoice, SelectField, StringField, \
     SubmitField
-from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional, Regexp
+
+# A line break in a login would end the protocol line it is sent on. \Z, not $: "$" also
+# matches before a final newline.
+NO_LINE_BREAKS = r"[^\r\n\x00]*\Z"
 
 
 class AddIdentityForm(FlaskForm):
@@ -41,11 +45,17 @@ class EditIdentityForm(FlaskForm):
         SelectChoice("starttls", "STARTTLS (usually port 587)"),
         SelectChoice("ssl", "SSL (usually port 465)"),
         SelectChoice("none", "None (not recommended)")], default="starttls")
-    smtp_username = StringField("Username", validators=[Optional(), Length(max=320)],
+    smtp_username = StringField("Username", validators=[
+                                    Optional(), Length(max=320),
+                                    Regexp(NO_LINE_BREAKS, message="The username must not "
+                                                                   "contain line breaks.")],
                                 render_kw={"autocomplete": "off"})
     smtp_password = PasswordField(
-        "Password", validators=[Optional(), Length(max=1024)],
+        "Password", validators=[Optional(), Length(max=1024),
+                                Regexp(NO_LINE_BREAKS, message="The password must not contain "
+                                                               "line breaks.")],
         render_kw={"autocomplete": "new-password"},
         description="Stored encrypted and never shown again; leave empty to keep the stored "
-                    "one. Gmail needs an app password.")
+                    "one while server, port, security and username stay the same. Gmail needs "
+                    "an app password.")
     submit = SubmitField("Save")
