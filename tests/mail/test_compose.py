@@ -322,3 +322,74 @@ def test_to_parameter_prefills_the_field_without_line_breaks(app, client, user, 
     page = client.get(f"{URL}?to=ann%40client.example%0D%0ABcc:%20x@evil.example")
     text = page.get_data(as_text=True)
     assert 'value="ann@client.example Bcc: x@evil.example"' in text
+
+
+def _draft_key_from(page) -> str:
+    text = page.get_data(as_text=True)
+    return text.split('name="draft_key" value="', 1)[1].split('"', 1)[0]
+
+
+def test_a_beacon_autosave_then_send_leaves_no_orphan_draft(app, client, user, login_as):
+    """Defect: the leaving beacon replaced draft D1 by D2 without the page learning D2's id,
+    so sending with draft_id=D1 (and every later autosave) left orphan drafts."""
+    message = _stored(user, _original(user, [("plan.pdf", "application/pdf", b"%PDF plan")]))
+    login_as(user)
+    page = client.get(f"{URL}?forward={message.id}")
+    key = _draft_key_from(page)
+    assert len(key) >= 16 and key != _draft_key_from(client.get(URL))
+    part_id = page.get_data(as_text=True).split('name="keep_part" value="', 1)[1].split('"', 1)[0]
+    base = {"from_identity": str(_identity_id(user)), "csrf_token": csrf_from(page),
+            "to": "bob@remote.example", "cc": "", "bcc": "", "subject": "Plan",
+            "draft_key": key, "keep_part": part_id, "draft_id": "",
+            "attachment_source": str(message.id)}
+    # The tab is hidden before the first timed save: the beacon's answer is never read,
+    # so the next timed save still carries no draft id.
+    assert client.post(f"{URL}/autosave", data={**base, "body": "one"}).status_code == 200
+    learned = client.post(f"{URL}/autosave", data={**base, "body": "two"}).json
+    assert len(_drafts(user)) == 1
+    # Mail arrives meanwhile (so the next draft cannot reuse the learned id), then the
+    # tab is hidden again: the beacon replaces the draft the page knows.
+    _stored(user, _original(user), key="k2")
+    stale = {"draft_id": str(learned["draft_id"]),
+             "attachment_source": str(learned["attachment_source"])}
+    assert client.post(f"{URL}/autosave", data={**base, **stale, "body": "three"}).status_code == 200
+    (draft,) = _drafts(user)
+    assert draft.id != learned["draft_id"]
+
+    form = {**_form(user, to="bob@remote.example", subject="Plan", body="final"),
+            "draft_key": key, "keep_part": part_id, **stale, "csrf_token": base["csrf_token"]}
+    assert client.post(URL, data=form).status_code == 302
+    assert _drafts(user) == []
+    # The attachment kept from the replaced draft still went out.
+    _outgoing, raw = _outgoing_raw(app)
+    (attachment,) = list(message_from_bytes(raw, policy=policy.default).iter_attachments())
+    assert attachment.get_content() == b"%PDF plan"
+
+
+def test_opening_a_draft_adopts_its_key_so_saving_replaces_it(app, client, user, login_as):
+    """Defect guard: a ?draft= link keeps working with draft keys (its key is adopted)."""
+    login_as(user)
+    page = client.get(URL)
+    base = {"from_identity": str(_identity_id(user)), "csrf_token": csrf_from(page),
+            "to": "bob@remote.example", "cc": "", "bcc": "", "subject": "Plan",
+            "draft_key": _draft_key_from(page)}
+    draft_id = client.post(f"{URL}/autosave", data={**base, "body": "one"}).json["draft_id"]
+
+    reopened = client.get(f"{URL}?draft={draft_id}")
+    assert _draft_key_from(reopened) == base["draft_key"]
+    client.post(f"{URL}/autosave", data={**base, "body": "two"})  # as a beacon: no id
+    (draft,) = _drafts(user)
+    assert b"two" in blobs.get_store(app.config["BLOB_DIR"]).get(draft.blob_sha256)
+
+
+@pytest.mark.parametrize("draft_key", ["", "short", "x" * 65, "bad key with spaces!!"])
+def test_a_malformed_draft_key_is_ignored(app, client, user, login_as, draft_key):
+    """Defect guard: the posted key becomes a source key, so only the generated shape counts."""
+    login_as(user)
+    page = client.get(URL)
+    response = client.post(f"{URL}/autosave", data={
+        "from_identity": str(_identity_id(user)), "csrf_token": csrf_from(page),
+        "to": "bob@remote.example", "subject": "x", "body": "x", "draft_key": draft_key})
+    assert response.json["ok"]
+    (draft,) = _drafts(user)
+    assert draft.source_key != f"draft:{draft_key}"

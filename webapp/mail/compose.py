@@ -6,6 +6,7 @@ from email.headerregistry import Address
 
 from flask import abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_login import current_user, login_required
+from sqlalchemy.exc import IntegrityError
 from wtforms import SelectChoice
 
 from webapp.extensions import db
@@ -31,6 +32,31 @@ def _owned_message(message_id: str | int | None) -> Message | None:
         return mailbox.get_message(db.session, current_user.id, int(message_id))
     except (mailbox.NotFoundError, ValueError):
         abort(404)
+
+
+def _attachment_source(message_id: str | None, draft_key: str | None) -> Message | None:
+    """The message whose attachments the form keeps; 404 for a foreign or bad id.
+
+    A draft the page named may have been replaced by a save whose answer the page never
+    read (the beacon sent when the tab is hidden): the page's keyed draft is its successor.
+    """
+    if message_id in (None, ""):
+        return None
+    try:
+        return mailbox.get_message(db.session, current_user.id, int(message_id))
+    except ValueError:
+        abort(404)
+    except mailbox.NotFoundError:
+        successor = outbox.keyed_draft(db.session, current_user.id, draft_key) \
+            if draft_key else None
+        if successor is None:
+            abort(404)
+        return successor
+
+
+def _posted_draft_key() -> str | None:
+    """The compose page's draft key as posted (None when missing or malformed)."""
+    return outbox.valid_draft_key(request.form.get("draft_key"))
 
 
 def _raw(message: Message) -> bytes:
@@ -199,6 +225,9 @@ def compose_message():
         for i in identities]
     source_parts: list = []
     if request.method == "GET":
+        # One key per compose page, kept across re-renders: every save of this page,
+        # including one whose answer the page never reads, replaces the same draft.
+        draft_key = outbox.new_draft_key()
         form.from_identity.data = identities[0].id
         # ?to= from other pages (CRM "Mail" buttons); shown, validated when sent.
         form.to.data = outbox.clean_header_text(request.args.get("to", ""))[:2000]
@@ -207,11 +236,16 @@ def compose_message():
                 message = _owned_message(request.args[kind])
                 if kind == "draft" and message.folder.role != "drafts":
                     abort(404)
+                if kind == "draft":
+                    # Opening a draft adopts its key, so saving replaces it (never copies it).
+                    draft_key = outbox.draft_key_of(message) or draft_key
                 source_parts = _prefill(form, identities, kind, message)
                 break
-        return _page(form, source_parts, keep_ids=[p.part_id for p in source_parts])
+        return _page(form, source_parts, keep_ids=[p.part_id for p in source_parts],
+                     draft_key=draft_key)
 
-    source = _owned_message(form.attachment_source.data)
+    draft_key = _posted_draft_key() or outbox.new_draft_key()
+    source = _attachment_source(form.attachment_source.data, draft_key)
     keep_ids = request.form.getlist("keep_part")
     if form.validate_on_submit():
         try:
@@ -223,7 +257,8 @@ def compose_message():
                 draft, problems = outbox.save_draft(
                     db.session, user, form.from_identity.data, form.to.data, form.cc.data,
                     form.bcc.data, form.subject.data or "", form.body.data or "", attachments,
-                    form.in_reply_to.data or None, form.references.data or None, draft_id)
+                    form.in_reply_to.data or None, form.references.data or None, draft_id,
+                    draft_key=draft_key)
                 db.session.commit()
                 flash("Draft saved." + (" Not kept: " + "; ".join(problems) if problems else ""),
                       "success")
@@ -235,7 +270,7 @@ def compose_message():
                     db.session, user, form.from_identity.data, form.to.data, form.cc.data,
                     form.bcc.data, form.subject.data or "", form.body.data or "", None,
                     attachments, form.in_reply_to.data or None, form.references.data or None,
-                    draft_id=draft_id)
+                    draft_id=draft_id, draft_key=draft_key)
                 db.session.commit()
                 flash(f"Your message is on its way ({len(outgoing.recipients)} recipient"
                       f"{'s' if len(outgoing.recipients) != 1 else ''}). The Outbox shows "
@@ -248,14 +283,17 @@ def compose_message():
                                                    request.files.getlist("attachments")):
         form.attachments.errors = list(form.attachments.errors) + [
             "Browsers cannot keep chosen files after an error: choose them again."]
-    return _page(form, _source_parts(source), keep_ids=keep_ids, status=400)
+    return _page(form, _source_parts(source), keep_ids=keep_ids, draft_key=draft_key,
+                 status=400)
 
 
-def _page(form: ComposeForm, source_parts: list, keep_ids: list[str], status: int = 200):
+def _page(form: ComposeForm, source_parts: list, keep_ids: list[str], draft_key: str,
+          status: int = 200):
     autocomplete = url_for("crm.autocomplete") \
         if "crm.autocomplete" in current_app.view_functions else ""
     return render_mail_page("mail/compose.html", form=form, source_parts=source_parts,
                             keep_ids=set(keep_ids), human_bytes=human_bytes,
+                            draft_key=draft_key,
                             autocomplete_url=autocomplete,
                             autosave_url=url_for("mail.compose_autosave"), status=status)
 
@@ -267,7 +305,8 @@ def compose_autosave():
     user = current_user._get_current_object()
     form = ComposeForm()
     form.from_identity.choices = [SelectChoice(i.id, i.email) for i in _identities()]
-    source = _owned_message(form.attachment_source.data)
+    draft_key = _posted_draft_key()
+    source = _attachment_source(form.attachment_source.data, draft_key)
     keep_ids = request.form.getlist("keep_part")
     try:
         draft_id = int(form.draft_id.data) if (form.draft_id.data or "").isdigit() else None
@@ -281,11 +320,16 @@ def compose_autosave():
             db.session, user, identity_id, form.to.data or "", form.cc.data or "",
             form.bcc.data or "", form.subject.data or "", form.body.data or "",
             _kept_attachments(source, keep_ids), form.in_reply_to.data or None,
-            form.references.data or None, draft_id)
+            form.references.data or None, draft_id, draft_key=draft_key)
         db.session.commit()
     except (compose.ComposeError, outbox.OutboxError, QuotaExceededError) as error:
         db.session.rollback()
         return jsonify(ok=False, error=str(error)), 400
+    except IntegrityError:
+        # Another save of this page (the leaving beacon while a timed save was on its way)
+        # took the key at the same moment: that version stands, this one is not kept.
+        db.session.rollback()
+        return jsonify(ok=False, error="saved from another request at the same moment"), 409
     parts = parse_message(_raw(draft)).attachments
     return jsonify(ok=True, draft_id=draft.id, attachment_source=draft.id, problems=problems,
                    attachments=[{"part_id": p.part_id, "filename": p.filename or "attachment",

@@ -9,6 +9,8 @@ after the commit (`enqueue_after_commit`).
 from __future__ import annotations
 
 import dataclasses
+import re
+import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -165,8 +167,12 @@ def queue_message(session: Session, user: User, identity_id: int | None,
                   html: str | None, attachments: Sequence[compose.Attachment],
                   in_reply_to: str | None, references: str | Sequence[str] | None,
                   draft_id: int | None = None, *,
-                  auto_submitted: str | None = None) -> OutgoingMessage:
+                  auto_submitted: str | None = None,
+                  draft_key: str | None = None) -> OutgoingMessage:
     """Build a composed message, queue it for sending and delete its draft; the caller commits.
+
+    The draft is the one ``draft_id`` names and the one saved under the compose page's
+    ``draft_key`` (see save_draft).
 
     ``auto_submitted`` marks mail no person wrote (RFC 3834), so that other systems, and
     our own filters, do not answer or forward it again.
@@ -205,6 +211,10 @@ def queue_message(session: Session, user: User, identity_id: int | None,
         file_in_sent=True)
     if draft_id is not None:
         delete_draft(session, user.id, draft_id)
+    draft_key = valid_draft_key(draft_key)
+    keyed = keyed_draft(session, user.id, draft_key) if draft_key else None
+    if keyed is not None:
+        delete_draft(session, user.id, keyed.id)
     return outgoing
 
 
@@ -389,6 +399,57 @@ def delete_draft(session: Session, user_id: int, draft_id: int) -> bool:
     return bool(delete_forever(session, user_id, [draft]))
 
 
+# A compose page's draft key: what secrets.token_urlsafe makes, bounded; anything else is
+# ignored (the key is posted by the browser and becomes part of a source key).
+_DRAFT_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_DRAFT_SOURCE_PREFIX = "draft:"
+
+
+def new_draft_key() -> str:
+    """A fresh random key for one compose page; every save of that page replaces one draft."""
+    return secrets.token_urlsafe(16)
+
+
+def valid_draft_key(value: str | None) -> str | None:
+    """The posted draft key if it has the shape new_draft_key makes, else None."""
+    value = (value or "").strip()
+    return value if _DRAFT_KEY.fullmatch(value) else None
+
+
+def draft_key_of(message: Message) -> str | None:
+    """The draft key a stored draft was saved under (None for one saved some other way)."""
+    if not message.source_key.startswith(_DRAFT_SOURCE_PREFIX):
+        return None
+    return valid_draft_key(message.source_key[len(_DRAFT_SOURCE_PREFIX):])
+
+
+def keyed_draft(session: Session, user_id: int, draft_key: str) -> Message | None:
+    """The user's draft saved under this compose page's key, if it is still in Drafts."""
+    return session.scalar(
+        select(Message).join(Folder, Folder.id == Message.folder_id)
+        .join(MailAccount, MailAccount.id == Message.account_id)
+        .where(Message.user_id == user_id, MailAccount.kind == "hosted",
+               Message.source_key == f"{_DRAFT_SOURCE_PREFIX}{draft_key}",
+               Folder.role == "drafts"))
+
+
+def _release_draft_key(session: Session, user_id: int, draft_key: str) -> None:
+    """Delete the draft saved under the key, so the next version can take the key.
+
+    A message with the key that the user moved out of Drafts is theirs to keep: it only
+    gives the key up (the key is unique per account, and deliver() would return it instead
+    of storing the new version).
+    """
+    source_key = f"{_DRAFT_SOURCE_PREFIX}{draft_key}"
+    draft = keyed_draft(session, user_id, draft_key)
+    if draft is not None:
+        delete_draft(session, user_id, draft.id)
+    session.execute(update(Message).where(Message.user_id == user_id,
+                                          Message.source_key == source_key)
+                    .values(source_key=f"{source_key}:kept:{uuid.uuid4().hex}")
+                    .execution_options(synchronize_session=False))
+
+
 def _draft_addresses(value: str | Sequence[compose.AddressInput], field: str
                      ) -> tuple[list[compose.AddressInput], str | None]:
     """A draft keeps what parses; a half-typed field is reported rather than blocking the save."""
@@ -405,12 +466,15 @@ def save_draft(session: Session, user: User, identity_id: int | None,
                cc: str | Sequence[compose.AddressInput],
                bcc: str | Sequence[compose.AddressInput], subject: str, text: str,
                attachments: Sequence[compose.Attachment], in_reply_to: str | None,
-               references: str | Sequence[str] | None, replace_id: int | None = None
-               ) -> tuple[Message, list[str]]:
+               references: str | Sequence[str] | None, replace_id: int | None = None,
+               draft_key: str | None = None) -> tuple[Message, list[str]]:
     """Store the compose form as a message in Drafts, replacing the previous version.
 
-    Returns the new draft and the fields that could not be kept (half-typed addresses).
-    The old version is deleted (quota and blob released) in the same transaction.
+    The previous version is the draft saved under ``draft_key`` (the compose page's key,
+    known even to a save whose answer the page never read, such as a beacon's), and the
+    draft ``replace_id`` names. Returns the new draft and the fields that could not be kept
+    (half-typed addresses). The old version is deleted (quota and blob released) in the
+    same transaction.
     Raises HeaderInjectionError for a line break in any header field.
     """
     identity = _load_identity(session, user, identity_id)
@@ -436,9 +500,12 @@ def save_draft(session: Session, user: User, identity_id: int | None,
     raw = compose.as_bytes(msg)
     if replace_id is not None:
         delete_draft(session, user.id, replace_id)
+    draft_key = valid_draft_key(draft_key)
+    if draft_key is not None:
+        _release_draft_key(session, user.id, draft_key)
     delivered = deliver(session, hosted_account(session, user.id), raw,
-                        source_key=f"draft:{uuid.uuid4().hex}", folder_role="drafts",
-                        run_filters=False, is_read=True)
+                        source_key=_DRAFT_SOURCE_PREFIX + (draft_key or uuid.uuid4().hex),
+                        folder_role="drafts", run_filters=False, is_read=True)
     return delivered.message, problems
 
 
