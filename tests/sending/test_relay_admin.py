@@ -49,6 +49,32 @@ def test_bad_values_are_refused_with_nothing_saved(app, client, org, admin_user,
     assert post_form(client, URL, _fields(port="70000")).status_code == 400
 
 
+def test_stored_password_never_follows_the_relay_to_another_server(app, client, org,
+                                                                   admin_user, login_as):
+    """Review finding: a blank password kept the stored one even when the host changed, so
+    "Test" would log in to whatever server the form named with the organization's secret."""
+    login_as(admin_user)
+    assert post_form(client, URL, _fields(username="relay-user",
+                                          password="relay-secret")).status_code == 302
+    stored = db.session.scalar(select(OrgRelay)).password_encrypted
+    for change in ({"host": "attacker.example"}, {"port": "2525"}, {"security": "ssl"},
+                   {"username": "someone-else"}):
+        response = post_form(client, URL, _fields(**{"username": "relay-user", **change}))
+        assert response.status_code == 400, change
+        assert b"Enter the password again" in response.data
+        db.session.expire_all()
+        relay = db.session.scalar(select(OrgRelay))
+        assert relay.host == "smtp.relay.example" and relay.password_encrypted == stored
+    assert post_form(client, URL, _fields(username="relay-user", daily_limit_user="7")
+                     ).status_code == 302  # same server and login: blank keeps the password
+    db.session.expire_all()
+    assert db.session.scalar(select(OrgRelay)).password_encrypted == stored
+    assert post_form(client, URL, _fields(host="new.relay.example", username="")
+                     ).status_code == 302  # no login any more: the password is forgotten
+    db.session.expire_all()
+    assert db.session.scalar(select(OrgRelay)).password_encrypted == ""
+
+
 def test_test_button_reports_in_words(app, client, org, admin_user, login_as, smtp_server):
     server = smtp_server(auth=("relay", "right"))
     login_as(admin_user)

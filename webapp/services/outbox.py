@@ -690,7 +690,17 @@ def save_relay(session: Session, org_id: int, *, host: str, port: int, security:
         envelope_sender = parsed[0][1]
     if not 1 <= int(port) <= 65535 or daily_limit_user < 0 or daily_limit_org < 0:
         raise OutboxError("The port is 1 to 65535 and limits are 0 (no limit) or more.")
+    if password and any(c in password for c in "\r\n\x00"):
+        raise OutboxError("The password must not contain line breaks.")
     row = get_or_create_relay(session, org_id)
+    login_moved = (row.host or "") != host or row.port != int(port) or row.security != security \
+        or (row.username or "") != (username or "").strip()
+    if login_moved and row.password_encrypted and not password:
+        if (username or "").strip():
+            # The stored password must never follow the settings to another server: an admin
+            # session used by someone else would otherwise hand it to their host.
+            raise OutboxError("Enter the password again: the server or login changed.")
+        row.password_encrypted = ""
     wanted = {"host": host, "port": int(port), "security": security,
               "username": (username or "").strip(), "envelope_policy": envelope_policy,
               "envelope_sender": envelope_sender, "daily_limit_user": int(daily_limit_user),
