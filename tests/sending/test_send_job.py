@@ -59,6 +59,23 @@ def test_success_sends_and_files_the_exact_bytes_in_sent(app, user, smtp_server,
     assert "Sender" not in parsed  # the From domain is hosted
 
 
+def test_outbox_releases_its_copy_once_sent_or_cancelled(app, user, smtp_server, use_relay):
+    """Review finding: outgoing bytes kept a blob reference for ever, so disk only grew."""
+    from webapp.models import Blob
+
+    use_relay(smtp_server())
+    sent_id = _queue(user, subject="goes out")
+    assert send_message(sent_id) == "sent"
+    db.session.expire_all()
+    digest = _row(sent_id).blob_sha256
+    assert db.session.get(Blob, digest).refcount == 1  # only the copy in Sent holds it now
+    cancelled_id = _queue(user, subject="never mind")
+    assert outbox.cancel(db.session, user.id, cancelled_id)
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Blob, _row(cancelled_id).blob_sha256).refcount == 0
+
+
 def test_sender_header_when_the_from_domain_is_not_hosted(app, user, smtp_server, use_relay):
     server = smtp_server()
     use_relay(server)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from webapp.models import Blob, Message, Organization, User
 from webapp.models._types import utcnow
+from webapp.models.sending import OutgoingMessage
 from webapp.models.security import TOKEN_PURPOSES, CredentialToken, RecoveryAddress
 from webapp.services import crm_records, outbox
 from webapp.services.directory import DirectoryError, create_user, normalize_email
@@ -278,6 +279,11 @@ def delete_user(session: Session, user: User, *, actor_id: int,
     counts = session.execute(select(Message.blob_sha256, func.count())
                              .where(Message.user_id == user.id)
                              .group_by(Message.blob_sha256)).all()
+    # Outgoing messages not yet sent or cancelled still hold a reference to their bytes.
+    counts += session.execute(select(OutgoingMessage.blob_sha256, func.count())
+                              .where(OutgoingMessage.user_id == user.id,
+                                     OutgoingMessage.state.not_in(("sent", "cancelled")))
+                              .group_by(OutgoingMessage.blob_sha256)).all()
     for sha256, count in counts:
         session.execute(update(Blob).where(Blob.sha256 == sha256)
                         .values(refcount=case((Blob.refcount > count, Blob.refcount - count),

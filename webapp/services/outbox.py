@@ -545,6 +545,11 @@ def cancel(session: Session, user_id: int, outgoing_id: int) -> bool:
                OutgoingMessage.state.in_(("queued", "retry-wait")))
         .values(state="cancelled", next_attempt_at=None)
         .execution_options(synchronize_session=False)).rowcount
+    if done:
+        # Cancelling is final: the queued bytes can be collected.
+        digest = session.scalar(select(OutgoingMessage.blob_sha256)
+                                .where(OutgoingMessage.id == outgoing_id))
+        blobs.drop_reference(session, digest)
     session.expire_all()
     return bool(done)
 

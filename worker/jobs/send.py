@@ -249,6 +249,8 @@ def _apply_outcome(session: Session, outgoing: OutgoingMessage, outcome: SendOut
             first.code, first.text, now)
     outgoing.state = "sent"
     outgoing.next_attempt_at = outgoing.lease_until = None
+    # The Sent copy holds its own reference to these bytes; the outbox's is no longer needed.
+    blobs.drop_reference(session, outgoing.blob_sha256)
     refused = [r for r in outgoing.recipients if r.state == "refused"]
     if refused:
         # Over all attempts: the final word names everyone who will never get it.
@@ -357,6 +359,7 @@ def send_message(outgoing_id: int) -> str:
         if not pending:
             outgoing.state = "sent"
             outgoing.lease_until = None
+            blobs.drop_reference(session, outgoing.blob_sha256)
             session.commit()
             return outgoing.state
         raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(outgoing.blob_sha256)
