@@ -228,6 +228,24 @@ def test_delete_gives_back_blob_references(client, org, admin_user, user, login_
     assert db.session.scalar(select(Blob.refcount)) == 0
 
 
+def test_delete_gives_back_the_outbox_references_too(client, org, admin_user, user, login_as,
+                                                    monkeypatch):
+    """Review finding: queued outgoing bytes kept their blob reference after the user went."""
+    from webapp.models import Blob
+    from webapp.services import outbox
+
+    monkeypatch.setitem(client.application.config, "MAIL_RELAY_HOST", "relay.example")
+    outbox.queue_message(db.session, user, None, "bob@remote.example", "", "", "queued",
+                         "text", None, [], None, [])
+    db.session.commit()
+    assert db.session.scalar(select(Blob.refcount)) == 1
+    login_as(admin_user)
+    post_form(client, f"/admin/users/{user.id}/delete", {"crm_records": "delete",
+                                                         "confirm_email": user.email})
+    db.session.expire_all()
+    assert db.session.scalar(select(Blob.refcount)) == 0
+
+
 @pytest.mark.parametrize("choice", ["reassign", "delete"])
 def test_delete_reassigns_or_deletes_crm_records(client, org, admin_user, user, login_as,
                                                  choice):
