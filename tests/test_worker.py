@@ -1,6 +1,7 @@
 """The queue: jobs go out only after commit, and a real worker process completes them."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -53,9 +54,10 @@ def test_round_trip_web_redis_worker_database(app, cli_env):
 
 def test_health_fails_clearly_without_a_worker(app, cli_env):
     result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "health",
-                             "--timeout", "1"], cwd=PROJECT_ROOT, env=cli_env,
+                             "--timeout", "1", "--json"], cwd=PROJECT_ROOT, env=cli_env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no worker completed" in result.stderr
+    assert json.loads(result.stdout)["ok"] is False
 
 
 def test_a_failed_savepoint_drops_only_its_own_jobs(app):

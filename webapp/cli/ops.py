@@ -51,8 +51,11 @@ def health_command(timeout: float, as_json: bool) -> None:
                 click.echo(f"OK: worker {check.worker_name} answered in {elapsed:.2f} s.")
             return
         time.sleep(0.2)
-    fail(f"no worker completed the health job within {timeout:g} s; "
-         "is `flask --app wsgi worker` running against the same Redis and database?")
+    message = (f"no worker completed the health job within {timeout:g} s; "
+               "is `flask --app wsgi worker` running against the same Redis and database?")
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": message}))
+    fail(message)
 
 
 @click.command("up")
