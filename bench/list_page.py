@@ -23,36 +23,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.fernet import Fernet  # noqa: E402
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import insert, select, text  # noqa: E402
+from tests.scratch_db import scratch_database  # noqa: E402
 
 UNREAD_PER_FOLDER = 25  # recent mail is unread, older mail read: the usual shape of an inbox
-
-
-def _server_database(base_url: str):
-    """A fresh database on the server of base_url; return (url, drop)."""
-    url = make_url(base_url)
-    if url.drivername in ("postgres", "postgresql"):
-        url = url.set(drivername="postgresql+psycopg")
-    name = f"skydesk_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = :n"), {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-    return url.set(database=name).render_as_string(hide_password=False), drop
 
 
 def fill_folder(db, user, count: int) -> int:
@@ -138,7 +117,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="skydesk-bench-"))
     drop = None
     if args.database_url:
-        database_url, drop = _server_database(args.database_url)
+        database_url, drop = scratch_database(args.database_url, "skydesk_bench")
     else:
         database_url = f"sqlite:///{workdir / 'bench.db'}"
     environ = {"SKYDESK_ENV": "test", "DATABASE_URL": database_url,

@@ -9,18 +9,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from tests import factories
+from tests.scratch_db import scratch_database
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,27 +29,6 @@ pytest_plugins = [
     "tests.fixtures.fakepop",
     "tests.fixtures.smtpserver",
 ]
-
-
-def _postgres_database(base_url: str):
-    """Create a uniquely named database on the server of base_url; return (url, dropper)."""
-    url = make_url(base_url)
-    if url.drivername in ("postgres", "postgresql"):
-        url = url.set(drivername="postgresql+psycopg")
-    name = f"skydesk_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-    return url.set(database=name).render_as_string(hide_password=False), drop
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +44,7 @@ def database_url(run_dir):
     """The URL of a migrated, empty database for this run."""
     base = os.environ.get("TEST_DATABASE_URL")
     if base:
-        url, drop = _postgres_database(base)
+        url, drop = scratch_database(base)
     else:
         url, drop = f"sqlite:///{run_dir / 'test.db'}", None
     yield url

@@ -116,13 +116,18 @@ def accounts_new():
                     db.session.rollback()
                     flash(str(exc), "error")
                 else:
-                    warning = _file_sent_mail(account.email) if form.file_sent.data else None
-                    if not check.ok:
-                        account.last_error_kind, account.last_error = check.kind, check.message
-                    db.session.commit()
-                    _flash_saved(check, account, warning)
-                    return redirect(url_for("settings.accounts_list"))
+                    return _finish_save(form, check, account)
     return render_template("settings/accounts_form.html", form=form, check=check, account=None)
+
+
+def _finish_save(form, check: service.ConnectionCheck, account: PopAccount):
+    """After add or edit: the sent-mail filter, a failed test kept as the last error, commit."""
+    warning = _file_sent_mail(account.email) if form.file_sent.data else None
+    if not check.ok:
+        account.last_error_kind, account.last_error = check.kind, check.message
+    db.session.commit()
+    _flash_saved(check, account, warning)
+    return redirect(url_for("settings.accounts_list"))
 
 
 def _flash_saved(check: service.ConnectionCheck, account: PopAccount, warning: str | None) -> None:
@@ -183,12 +188,7 @@ def accounts_edit(pop_id: int):
                     db.session.rollback()
                     flash(str(exc), "error")
                 else:
-                    warning = _file_sent_mail(account.email) if form.file_sent.data else None
-                    if not check.ok:
-                        account.last_error_kind, account.last_error = check.kind, check.message
-                    db.session.commit()
-                    _flash_saved(check, account, warning)
-                    return redirect(url_for("settings.accounts_list"))
+                    return _finish_save(form, check, account)
     return render_template("settings/accounts_form.html", form=form, check=check, account=account)
 
 
