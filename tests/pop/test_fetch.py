@@ -1,6 +1,8 @@
 """The fetch job against a real Dovecot: modes, batches, idempotence, failures, quota, size."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
@@ -204,30 +206,80 @@ def test_oversize_messages_are_skipped_by_their_list_size_and_left_on_the_server
 
 
 def test_a_message_that_cannot_be_stored_is_quarantined_and_never_deleted(
-        pop_app, dovecot, pop_user, make_pop, tmp_path):
-    good_blob_dir = pop_app.config["BLOB_DIR"]
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("a file where the blob folder should be")
-    pop_app.config["BLOB_DIR"] = str(not_a_folder / "blobs")
-    dovecot.seed(pop_user[0], [make_message(1), make_message(2)])
+        pop_app, dovecot, pop_user, make_pop):
+    messages = [make_message(n) for n in range(3)]
+    # The blob folder of message 1 is a file: its bytes cannot be written (a real OSError).
+    digest = sha256(messages[1])
+    blocker = Path(pop_app.config["BLOB_DIR"]) / digest[:2] / digest[2:4]
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where a blob folder should be")
+    dovecot.seed(pop_user[0], messages)
     account = make_pop(pop_user, delete_from_server=True)
 
-    # Each failure ends its batch (its partial writes are rolled back); the next goes on.
-    first, second = run_batch(account.id), run_batch(account.id)
+    first = run_batch(account.id)
 
-    assert (first.status, first.quarantined, second.status, second.quarantined) == (
-        "more", 1, "done", 1)
-    assert first.stored == second.stored == 0
-    rows = db.session.scalars(select(PopUidl).where(PopUidl.account_id == account.id)).all()
-    assert {r.state for r in rows} == {"quarantined"}
-    assert all("Could not be stored" in r.reason for r in rows)
-    assert dovecot.count(pop_user[0]) == 2
-    assert db.session.scalar(select(func.count()).select_from(User).where(
-        User.id == account.user_id, User.used_bytes > 0)) == 0  # no quota charged
+    # The others of the batch are stored; the bad one is quarantined with its reason.
+    assert (first.status, first.stored, first.quarantined) == ("done", 2, 1)
+    assert sorted(m.blob_sha256 for m in _stored(account)) == sorted(
+        sha256(m) for m in (messages[0], messages[2]))
+    rows = db.session.scalars(select(PopUidl).where(PopUidl.account_id == account.id,
+                                                    PopUidl.state == "quarantined")).all()
+    assert len(rows) == 1 and "Could not be stored" in rows[0].reason
+    assert "File exists" in rows[0].reason  # the error in the system's words
+    assert dovecot.count(pop_user[0]) == 1  # never deleted from the server
+    owner = db.session.get(User, account.user_id)
+    assert owner.used_bytes == len(messages[0]) + len(messages[2])  # no quota for the failure
+    assert _reload(account).messages_quarantined == 1
     assert run_batch(account.id).quarantined == 0  # never retried on its own
 
-    pop_app.config["BLOB_DIR"] = good_blob_dir
-    assert release_quarantine(db.session, _reload(account)) == 2
+    blocker.unlink()
+    assert release_quarantine(db.session, _reload(account)) == 1
     db.session.commit()
-    assert run_batch(account.id).stored == 2
+    assert run_batch(account.id).stored == 1
     assert dovecot.count(pop_user[0]) == 0
+
+
+@pytest.fixture
+def poisoned_subject():
+    """A database trigger that refuses one message row: a real database error mid-batch."""
+    engine = db.engine
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by the test trigger'; END $$ LANGUAGE plpgsql")
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON message FOR EACH ROW "
+                "WHEN (NEW.subject = 'poison') EXECUTE FUNCTION refuse_poison()")
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON message WHEN NEW.subject = 'poison' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END")
+    yield "poison"
+    db.session.remove()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER poison" + (
+            " ON message" if engine.dialect.name == "postgresql" else ""))
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP FUNCTION refuse_poison()")
+
+
+def test_a_database_error_quarantines_the_one_message_that_causes_it(
+        dovecot, pop_user, make_pop, poisoned_subject):
+    messages = [make_message(0), make_message(1, subject=poisoned_subject), make_message(2)]
+    dovecot.seed(pop_user[0], messages)
+    account = make_pop(pop_user, delete_from_server=True)
+
+    first = run_batch(account.id)
+
+    # The batch insert failed as a whole: the culprit is found alone and quarantined, the
+    # batch's work is rolled back and nothing is deleted; the next batch stores the others.
+    assert (first.status, first.stored, first.quarantined) == ("more", 0, 1)
+    assert _stored(account) == [] and dovecot.count(pop_user[0]) == 3
+    row = db.session.scalar(select(PopUidl).where(PopUidl.account_id == account.id,
+                                                  PopUidl.state == "quarantined"))
+    assert "refused by the test trigger" in row.reason
+    second = run_batch(account.id)
+    assert (second.status, second.stored, second.quarantined) == ("done", 2, 0)
+    assert dovecot.count(pop_user[0]) == 1
+    assert db.session.get(User, account.user_id).used_bytes == len(messages[0]) + len(messages[2])

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from webapp.models import Blob
+from webapp.models._types import utcnow
 
 
 class BlobStore(Protocol):
@@ -120,6 +121,31 @@ def add_reference(session: Session, sha256: str, size: int) -> None:
     if not updated:
         session.add(Blob(sha256=sha256, size=size, refcount=1))
         session.flush()
+
+
+def add_references(session: Session, uses: dict[str, tuple[int, int]]) -> None:
+    """Count uses of many blobs at once: ``{sha256: (size, uses)}``, one upsert statement."""
+    if not uses:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        for digest, (size, count) in uses.items():
+            for _ in range(count):
+                add_reference(session, digest, size)
+        return
+    statement = upsert(Blob)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Blob.sha256],
+        set_={"refcount": Blob.refcount + statement.excluded.refcount})
+    now = utcnow()
+    # Sorted, so two batches sharing blobs lock their rows in the same order.
+    session.execute(statement, [{"sha256": digest, "size": size, "refcount": count,
+                                 "created_at": now}
+                                for digest, (size, count) in sorted(uses.items())])
 
 
 def drop_reference(session: Session, sha256: str) -> None:

@@ -1,18 +1,24 @@
 """The one path for every incoming message: POP fetch, hosted delivery, submission, Sent copies.
 
-`deliver()` stores the raw bytes, parses what listing, filters and linking need (headers
-only: a full parse costs several times more and is done by the index job), runs the
-filters, and adds the Message and its addresses to the session together with the source
-key. The caller commits, alone or in a batch: a crash before the commit leaves nothing
-half-done, and a retry stores the message once (the source key is unique per account).
+`deliver_many()` stores a batch of messages for one account; `deliver()` is the same path
+for one message. For each message: the raw bytes go to the blob store (fsynced, written
+by parallel writers so the disk waits overlap), the header block is parsed for what
+listing, filters and linking need (a full parse costs several times more and is done by
+the index job), and the user's filters decide the folder. Then, for the whole batch at
+once: one query for source keys already stored, one quota charge, one blob-count upsert,
+one insert of the messages and one of their addresses. The caller commits: a crash before
+the commit leaves nothing half-done, and a retry stores each message once (the source key
+is unique per account).
 """
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from webapp.models import Folder, MailAccount, Message, MessageAddress
@@ -24,6 +30,13 @@ log = logging.getLogger("skydesk.delivery")
 
 # Dates outside this range are typos or spam tricks; the list sorts them by arrival instead.
 _MIN_YEAR, _FUTURE_SLACK_DAYS = 1990, 2
+# Parallel blob writers: fsync waits on the disk, not the CPU, and the disk takes several at once.
+BLOB_WRITERS = 8
+# Source keys per IN (...) list: well under every database's parameter limit.
+_KEYS_PER_QUERY = 500
+
+_writers: ThreadPoolExecutor | None = None
+_writers_lock = threading.Lock()
 
 
 class MessageTooLargeError(ValueError):
@@ -37,6 +50,36 @@ class Delivered:
     message: Message | None
     duplicate: bool
     envelope: Envelope | None = None
+
+
+@dataclass
+class Incoming:
+    """One message to deliver: its exact bytes, its source key, where it goes."""
+
+    raw: bytes
+    source_key: str
+    folder_role: str = "inbox"
+    is_read: bool = False
+
+
+@dataclass
+class Outcome:
+    """What happened to one message of a batch.
+
+    ``status`` is stored, duplicate (the source key was stored before: ``message_pk`` is
+    that message), too_large, quota (it, and every later one, did not fit) or failed (its
+    bytes could not be written: ``error``). Only stored and duplicate have a message.
+    """
+
+    status: str
+    message_pk: int | None = None
+    envelope: Envelope | None = None
+    error: Exception | None = None
+
+    @property
+    def reason(self) -> str:
+        """The error in words, for a ledger row or a log."""
+        return str(self.error) if self.error else ""
 
 
 def folder_for_role(session: Session, user_id: int, role: str) -> Folder:
@@ -54,61 +97,162 @@ def _sort_date(envelope: Envelope, received):
     return date
 
 
+def _blob_writers() -> ThreadPoolExecutor:
+    global _writers
+    with _writers_lock:
+        if _writers is None:
+            _writers = ThreadPoolExecutor(max_workers=BLOB_WRITERS, thread_name_prefix="blob-put")
+        return _writers
+
+
 def deliver(session: Session, account: MailAccount, raw: bytes, source_key: str, *,
             folder_role: str = "inbox", run_filters: bool = True, is_read: bool = False,
             store: blobs.BlobStore | None = None, max_bytes: int | None = None) -> Delivered:
     """Store one message for the account's user; the caller commits.
 
-    Raises QuotaExceededError or MessageTooLargeError and stores nothing in those cases.
+    Raises QuotaExceededError or MessageTooLargeError and stores nothing in those cases,
+    and the store's error when the bytes cannot be written.
     """
-    existing = session.scalar(select(Message).where(Message.account_id == account.id,
-                                                    Message.source_key == source_key))
-    if existing is not None:
-        return Delivered(existing, duplicate=True)
-    limit = max_bytes or current_app.config["MAIL_MAX_MESSAGE_BYTES"]
-    if len(raw) > limit:
-        raise MessageTooLargeError(
-            f"The message is {quota.human_bytes(len(raw))}, over the "
-            f"{quota.human_bytes(limit)} limit.")
+    [outcome] = deliver_many(session, account, [Incoming(raw, source_key, folder_role, is_read)],
+                             run_filters=run_filters, store=store, max_bytes=max_bytes)
+    if outcome.error is not None:
+        raise outcome.error
+    return Delivered(session.get(Message, outcome.message_pk),
+                     duplicate=outcome.status == "duplicate", envelope=outcome.envelope)
 
-    envelope = parse_envelope(raw)
-    quota.charge(session, account.user_id, len(raw))
-    store = store or blobs.get_store(current_app.config["BLOB_DIR"])
-    digest = store.put(raw)
-    blobs.add_reference(session, digest, len(raw))
 
-    folder = folder_for_role(session, account.user_id, folder_role)
-    decision = filters.decide(session, account.user_id, envelope, raw) if run_filters \
-        else filters.FilterDecision()
+def deliver_many(session: Session, account: MailAccount, items: list[Incoming], *,
+                 run_filters: bool = True, store: blobs.BlobStore | None = None,
+                 max_bytes: int | None = None) -> list[Outcome]:
+    """Store messages for the account's user, in order; one Outcome per item. The caller commits.
+
+    Nothing is written for a message that is a duplicate, too large, over quota or failed.
+    A database error raises, and the caller's rollback takes the whole batch back.
+    """
+    config = current_app.config
+    limit = max_bytes or config["MAIL_MAX_MESSAGE_BYTES"]
+    store = store or blobs.get_store(config["BLOB_DIR"])
+    outcomes: list[Outcome | None] = [None] * len(items)
+    keys = [item.source_key[:255] for item in items]
+    stored_before = _stored_keys(session, account.id, keys)
+    first_of: dict[str, int] = {}
+    later_copies: dict[int, int] = {}  # index -> index of the same key earlier in this batch
+    todo: list[int] = []
+    for index, (item, key) in enumerate(zip(items, keys)):
+        if key in stored_before:
+            outcomes[index] = Outcome("duplicate", stored_before[key])
+        elif key in first_of:
+            later_copies[index] = first_of[key]
+        elif len(item.raw) > limit:
+            outcomes[index] = Outcome("too_large", error=MessageTooLargeError(
+                f"The message is {quota.human_bytes(len(item.raw))}, over the "
+                f"{quota.human_bytes(limit)} limit."))
+        else:
+            first_of[key] = index
+            todo.append(index)
+
+    # The bytes go to disk while this thread parses and filters.
+    writes: dict[int, Future | str] = {}
+    if len(todo) > 1:
+        pool = _blob_writers()
+        writes = {index: pool.submit(store.put, items[index].raw) for index in todo}
+    deciding = filters.DeliveryFilters(session, account.user_id) if run_filters and todo else None
+    envelopes: dict[int, Envelope] = {}
+    decisions: dict[int, filters.FilterDecision] = {}
+    for index in todo:
+        envelopes[index] = parse_envelope(items[index].raw)
+        decisions[index] = (deciding.decide(envelopes[index], items[index].raw) if deciding
+                            else filters.FilterDecision())
+    digests: dict[int, str] = {}
+    for index in todo:
+        try:
+            pending = writes.get(index)
+            digests[index] = pending.result() if pending else store.put(items[index].raw)
+        except OSError as exc:
+            log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
+            outcomes[index] = Outcome("failed", envelope=envelopes[index], error=exc)
+    todo = [index for index in todo if index in digests]
+
+    charged = quota.charge_prefix(session, account.user_id, [len(items[i].raw) for i in todo])
+    if charged < len(todo):
+        free = quota.free_bytes(session, account.user_id)
+        for index in todo[charged:]:
+            outcomes[index] = Outcome("quota", envelope=envelopes[index], error=(
+                quota.QuotaExceededError(account.user_id, len(items[index].raw), free)))
+        todo = todo[:charged]
+
+    if todo:
+        pks = _insert(session, account, items, todo, keys, envelopes, decisions, digests)
+        for index, pk in zip(todo, pks):
+            outcomes[index] = Outcome("stored", pk, envelopes[index])
+            if decisions[index].filter_id is not None:
+                filters.after_delivery(session, account.user_id, pk, decisions[index])
+        from webapp.queue import enqueue_after_commit
+
+        # One index job per user per transaction, however many messages a batch delivers.
+        enqueue_after_commit("worker.jobs.index.index_pending", account.user_id,
+                             session=session, dedupe=True)
+    for index, first in later_copies.items():
+        earlier = outcomes[first]
+        outcomes[index] = (Outcome("duplicate", earlier.message_pk, earlier.envelope)
+                           if earlier.message_pk else earlier)
+    return outcomes  # type: ignore[return-value]
+
+
+def _stored_keys(session: Session, account_id: int, keys: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), _KEYS_PER_QUERY):
+        found.update(session.execute(select(Message.source_key, Message.id).where(
+            Message.account_id == account_id,
+            Message.source_key.in_(unique[start:start + _KEYS_PER_QUERY]))).all())
+    return found
+
+
+def _insert(session: Session, account: MailAccount, items: list[Incoming], todo: list[int],
+            keys: list[str], envelopes: dict[int, Envelope],
+            decisions: dict[int, filters.FilterDecision], digests: dict[int, str]) -> list[int]:
+    """The batch's blob counts, messages and addresses: three statements; the new ids in order."""
+    user_id = account.user_id
+    uses: dict[str, tuple[int, int]] = {}
+    for index in todo:
+        size, count = uses.get(digests[index], (len(items[index].raw), 0))
+        uses[digests[index]] = (size, count + 1)
+    blobs.add_references(session, uses)
+
+    roles = {items[index].folder_role for index in todo}
+    folder_ids = dict(session.execute(select(Folder.role, Folder.id).where(
+        Folder.user_id == user_id, Folder.role.in_(roles))).all())
+    missing = roles - folder_ids.keys()
+    if missing:
+        raise LookupError(f"user {user_id} has no {sorted(missing)[0]} folder")
+
     received = utcnow()
-    from_address = next((a for a in envelope.addresses if a.role == "from"), None)
-    message = Message(
-        user_id=account.user_id, account_id=account.id,
-        folder_id=decision.folder_id or folder.id, blob_sha256=digest,
-        source_key=source_key[:255], size=len(raw), message_id=envelope.message_id[:998],
-        in_reply_to=(envelope.in_reply_to or "")[:998],
-        references=" ".join(envelope.references)[:20000],
-        subject=envelope.subject, from_name=(from_address.name if from_address else "")[:320],
-        from_email=(from_address.email if from_address else "")[:320],
-        date=envelope.date, received_at=received, sort_date=_sort_date(envelope, received),
-        is_read=is_read or decision.is_read, is_flagged=decision.is_flagged,
-        has_attachments=envelope.has_attachments,
-        parse_defects="\n".join(envelope.parse_defects)[:4000])
-    message.addresses = [
-        MessageAddress(user_id=account.user_id, role=a.role, email=a.email[:320],
-                       name=a.name[:320], ambiguous=a.ambiguous)
-        for a in envelope.addresses if a.email]
-    session.add(message)
-    session.flush()
-    _after_delivery(session, message, decision)
-    return Delivered(message, duplicate=False, envelope=envelope)
-
-
-def _after_delivery(session: Session, message: Message, decision: filters.FilterDecision) -> None:
-    """Work that follows a delivery: the filter's record, labels and forwards; the search index."""
-    from webapp.queue import enqueue_after_commit
-
-    filters.after_delivery(session, message, decision)
-    # One index job per user per transaction, however many messages a batch delivers.
-    enqueue_after_commit("worker.jobs.index.index_pending", message.user_id, session=session,
-                         dedupe=True)
+    rows = []
+    for index in todo:
+        item, envelope, decision = items[index], envelopes[index], decisions[index]
+        sender = next((a for a in envelope.addresses if a.role == "from"), None)
+        rows.append({
+            "user_id": user_id, "account_id": account.id,
+            "folder_id": decision.folder_id or folder_ids[item.folder_role],
+            "blob_sha256": digests[index], "source_key": keys[index], "size": len(item.raw),
+            "message_id": envelope.message_id[:998],
+            "in_reply_to": (envelope.in_reply_to or "")[:998],
+            "references": " ".join(envelope.references)[:20000],
+            "subject": envelope.subject,
+            "from_name": (sender.name if sender else "")[:320],
+            "from_email": (sender.email if sender else "")[:320],
+            "snippet": "", "date": envelope.date, "received_at": received,
+            "sort_date": _sort_date(envelope, received),
+            "is_read": item.is_read or decision.is_read, "is_flagged": decision.is_flagged,
+            "has_attachments": envelope.has_attachments,
+            "parse_defects": "\n".join(envelope.parse_defects)[:4000], "indexed": False})
+    pks = list(session.scalars(insert(Message).returning(Message.id, sort_by_parameter_order=True),
+                               rows))
+    addresses = [
+        {"message_pk": pk, "user_id": user_id, "role": a.role, "email": a.email[:320],
+         "name": a.name[:320], "ambiguous": a.ambiguous}
+        for index, pk in zip(todo, pks) for a in envelopes[index].addresses if a.email]
+    if addresses:
+        session.execute(insert(MessageAddress), addresses)
+    return pks

@@ -286,55 +286,80 @@ def _disable_for_missing_folder(filter_: Filter) -> None:
     log.warning("filter %s disabled: its target folder is gone", filter_.id)
 
 
-def decide(session: Session, user_id: int, envelope: Envelope, raw: bytes) -> FilterDecision:
-    """Run the user's enabled filters, in order, on an incoming message."""
-    filters = _enabled_filters(session, user_id)
-    decision = FilterDecision()
-    if not filters:
+class DeliveryFilters:
+    """A user's enabled filters and folders, loaded once for a whole batch of deliveries."""
+
+    def __init__(self, session: Session, user_id: int):
+        self.session, self.user_id = session, user_id
+        self.filters = _enabled_filters(session, user_id)
+        self.folders = _user_folders(session, user_id) if self.filters else {}
+        self.trash_id = next((fid for fid, role in self.folders.items() if role == "trash"), None)
+        self.matcher = _Matcher()
+        self._recorded: dict[int, int] = {}
+
+    def decide(self, envelope: Envelope, raw: bytes) -> FilterDecision:
+        """Run the filters, in order, on one incoming message."""
+        decision = FilterDecision()
+        if not self.filters:
+            return decision
+        facts = facts_from_envelope(envelope, raw)
+        before = sum(self.matcher.timeouts.values())
+        placed_by: Filter | None = None
+        first_acting: Filter | None = None
+        for filter_ in self.filters:
+            if not filter_.enabled:
+                continue  # turned off earlier in this batch
+            if _broken(filter_, self.folders):
+                _disable_for_missing_folder(filter_)
+                continue
+            if not self.matcher.matches(filter_, facts):
+                continue
+            first_acting = first_acting or filter_
+            stop = False
+            for action in filter_.actions:
+                decision.actions.append(f"{filter_.id}:{action.kind}")
+                if action.kind == "move":
+                    decision.folder_id, placed_by = action.folder_id, filter_
+                elif action.kind == "trash" and self.trash_id is not None:
+                    decision.folder_id, placed_by = self.trash_id, filter_
+                elif action.kind == "mark_read":
+                    decision.is_read = True
+                elif action.kind == "flag":
+                    decision.is_flagged = True
+                elif action.kind == "label" and action.argument not in decision.labels:
+                    decision.labels.append(action.argument)
+                elif action.kind == "forward" and action.argument not in decision.forward_to:
+                    decision.forward_to.append(action.argument)
+                elif action.kind == "stop":
+                    stop = True
+            if stop:
+                break
+        if decision.forward_to and _is_automatic(facts):
+            # RFC 3834: never forward an automatic message (a bounce, an autoreply, a forward
+            # of ours); two filters forwarding to each other would otherwise loop.
+            decision.forward_to = []
+        decision.regex_timeouts = sum(self.matcher.timeouts.values()) - before
+        if decision.regex_timeouts:
+            # One UPDATE per timed-out filter, adding only this message's timeouts.
+            for filter_id, total in self.matcher.timeouts.items():
+                fresh = total - self._recorded.get(filter_id, 0)
+                if fresh:
+                    self.session.execute(
+                        update(Filter).where(Filter.id == filter_id)
+                        .values(regex_timeouts=Filter.regex_timeouts + fresh,
+                                last_regex_timeout_at=utcnow())
+                        .execution_options(synchronize_session=False))
+            self._recorded = dict(self.matcher.timeouts)
+        decision.body_parsed = facts._body is not None
+        chosen = placed_by or first_acting
+        if chosen is not None:
+            decision.filter_id, decision.filter_name = chosen.id, chosen.name
         return decision
-    folders = _user_folders(session, user_id)
-    trash_id = next((fid for fid, role in folders.items() if role == "trash"), None)
-    facts = facts_from_envelope(envelope, raw)
-    matcher = _Matcher()
-    placed_by: Filter | None = None
-    first_acting: Filter | None = None
-    for filter_ in filters:
-        if _broken(filter_, folders):
-            _disable_for_missing_folder(filter_)
-            continue
-        if not matcher.matches(filter_, facts):
-            continue
-        first_acting = first_acting or filter_
-        stop = False
-        for action in filter_.actions:
-            decision.actions.append(f"{filter_.id}:{action.kind}")
-            if action.kind == "move":
-                decision.folder_id, placed_by = action.folder_id, filter_
-            elif action.kind == "trash" and trash_id is not None:
-                decision.folder_id, placed_by = trash_id, filter_
-            elif action.kind == "mark_read":
-                decision.is_read = True
-            elif action.kind == "flag":
-                decision.is_flagged = True
-            elif action.kind == "label" and action.argument not in decision.labels:
-                decision.labels.append(action.argument)
-            elif action.kind == "forward" and action.argument not in decision.forward_to:
-                decision.forward_to.append(action.argument)
-            elif action.kind == "stop":
-                stop = True
-        if stop:
-            break
-    if decision.forward_to and _is_automatic(facts):
-        # RFC 3834: never forward an automatic message (a bounce, an autoreply, a forward
-        # of ours); two filters forwarding to each other would otherwise loop.
-        decision.forward_to = []
-    _record_timeouts(session, filters, matcher.timeouts)
-    decision.regex_timeouts = sum(matcher.timeouts.values())
-    decision.body_parsed = facts._body is not None
-    chosen = placed_by or first_acting
-    if chosen is not None:
-        decision.filter_id, decision.filter_name = chosen.id, chosen.name
-    return decision
+
+
+def decide(session: Session, user_id: int, envelope: Envelope, raw: bytes) -> FilterDecision:
+    """Run the user's enabled filters, in order, on one incoming message."""
+    return DeliveryFilters(session, user_id).decide(envelope, raw)
 
 
 def _is_automatic(facts: MessageFacts) -> bool:
@@ -342,13 +367,14 @@ def _is_automatic(facts: MessageFacts) -> bool:
     return any(v.strip().lower() not in ("", "no") for v in values)
 
 
-def after_delivery(session: Session, message: Message, decision: FilterDecision) -> None:
+def after_delivery(session: Session, user_id: int, message_pk: int,
+                   decision: FilterDecision) -> None:
     """Side effects that need the stored message: the filter record, labels, forwards."""
     if decision.filter_id is not None:
-        session.add(MessageFilterHit(message_pk=message.id, filter_id=decision.filter_id,
+        session.add(MessageFilterHit(message_pk=message_pk, filter_id=decision.filter_id,
                                      filter_name=decision.filter_name[:200]))
     if decision.labels:
-        _add_labels(session, message.user_id, [message.id], decision.labels)
+        _add_labels(session, user_id, [message_pk], decision.labels)
     for address in decision.forward_to:
         from webapp.services.outbox import queue_forward
 
@@ -356,10 +382,10 @@ def after_delivery(session: Session, message: Message, decision: FilterDecision)
         # undo the delivery: the savepoint drops its half-written rows, the message stays.
         try:
             with session.begin_nested():
-                queue_forward(session, message.user_id, message.id, address)
+                queue_forward(session, user_id, message_pk, address)
         except Exception as exc:
             log.warning("filter %s: message %s not forwarded to %s: %s",
-                        decision.filter_id, message.id, address, exc)
+                        decision.filter_id, message_pk, address, exc)
 
 
 def filter_name_for(session: Session, message_pk: int) -> str | None:

@@ -33,15 +33,42 @@ def charge(session: Session, user_id: int, nbytes: int) -> None:
 
     One conditional UPDATE, so two deliveries racing for the last free bytes cannot both win.
     """
-    done = session.execute(
+    if not try_charge(session, user_id, nbytes):
+        raise QuotaExceededError(user_id, nbytes, free_bytes(session, user_id))
+
+
+def try_charge(session: Session, user_id: int, nbytes: int) -> bool:
+    """Count bytes against the quota if they fit (one conditional UPDATE); whether they did."""
+    return bool(session.execute(
         update(User)
         .where(User.id == user_id, User.used_bytes + nbytes <= User.quota_bytes)
         .values(used_bytes=User.used_bytes + nbytes)
-        .execution_options(synchronize_session=False)).rowcount
-    if not done:
-        used, quota = session.execute(
-            select(User.used_bytes, User.quota_bytes).where(User.id == user_id)).one()
-        raise QuotaExceededError(user_id, nbytes, quota - used)
+        .execution_options(synchronize_session=False)).rowcount)
+
+
+def charge_prefix(session: Session, user_id: int, sizes: list[int]) -> int:
+    """Charge the longest leading run of ``sizes`` that fits, atomically; return its length.
+
+    A batch keeps arrival order: once one message does not fit, the later ones wait too.
+    """
+    count = len(sizes)
+    while count:
+        if try_charge(session, user_id, sum(sizes[:count])):
+            return count
+        free, fitting, total = free_bytes(session, user_id), 0, 0
+        for size in sizes[:count - 1]:
+            if total + size > free:
+                break
+            total, fitting = total + size, fitting + 1
+        count = fitting  # another delivery may take the room first: then try fewer
+    return 0
+
+
+def free_bytes(session: Session, user_id: int) -> int:
+    """Bytes left under the user's quota (never negative)."""
+    used, quota = session.execute(
+        select(User.used_bytes, User.quota_bytes).where(User.id == user_id)).one()
+    return max(quota - used, 0)
 
 
 def refund(session: Session, user_id: int, nbytes: int) -> None:

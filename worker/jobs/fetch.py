@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -28,8 +27,8 @@ from webapp.models import MailAccount, Message, User
 from webapp.models._types import utcnow
 from webapp.models.pop import PopAccount, PopFetchRun, PopUidl
 from webapp.queue import enqueue_now, get_redis
-from webapp.services import blobs, quota
-from webapp.services.delivery import MessageTooLargeError, deliver
+from webapp.services import quota
+from webapp.services.delivery import Incoming, deliver_many
 from webapp.services.mime import parse_envelope
 from webapp.services.pop_accounts import (FETCH_JOB, lock_key, mark_failure, own_addresses,
                                           pop_setting, progress_key, queued_key)
@@ -41,8 +40,6 @@ log = logging.getLogger("skydesk.fetch")
 # Messages per pipelined RETR round: between rounds the batch checks its time budget and
 # publishes progress, and the connection is always back in sync.
 CHUNK = 50
-# Parallel blob writers per chunk: fsync waits on the disk, not the CPU.
-PRESTORE_THREADS = 8
 
 
 @dataclass
@@ -262,40 +259,65 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     base_fetched = sum(1 for state in known.values() if state == "stored")
     stored_numbers: list[int] = []
     quota_full = False
-    quarantined: _Quarantine | None = None
-    store = blobs.get_store(config["BLOB_DIR"])
     stored_rows: list[dict] = []  # ledger rows of stored messages, inserted in one statement
 
     if batch and not quota.has_room(session, owner.id, sizes.get(batch[0][0], 1)):
         quota_full = True
+    by_message_id: dict[str, int | None] = {}  # recent: Message-IDs stored in this batch
     try:
         for start in range(0, len(batch), CHUNK):
-            if quota_full or quarantined is not None or time.monotonic() - started > budget:
+            if quota_full or time.monotonic() - started > budget:
                 break
             chunk = batch[start:start + CHUNK]
             uidl_of = dict(chunk)
-            received = list(pop.retrieve_many([n for n, _ in chunk]))
-            _prestore_blobs(store, [raw for _, raw in received])
-            for number, raw in received:
-                if quota_full or quarantined is not None:
-                    break
-                try:
-                    outcome = _store_one(session, account, mail_account, uidl_of[number], raw,
-                                         recent, mine, limit, stored_rows)
-                except _Quarantine as failure:
-                    quarantined = failure
-                    break
-                if outcome == "quota":
+            received = [(number, uidl_of[number], raw)
+                        for number, raw in pop.retrieve_many([n for n, _ in chunk])]
+            entries = _prepare(session, account, received, recent, mine, by_message_id, result)
+            try:
+                outcomes = deliver_many(session, mail_account, [item for _, _, item in entries],
+                                        max_bytes=limit)
+            except Exception as exc:  # noqa: BLE001 - a database error: find the message
+                poison = _find_poison(session, mail_account, entries, limit, exc)
+                # The rollback took this batch's work back: record only the quarantine, and
+                # let the next batch fetch the others again (nothing is deleted now).
+                session.add(PopUidl(account_id=account.id, uidl=poison.uidl, state="quarantined",
+                                    size=poison.size, reason=poison.reason[:500]))
+                account.messages_quarantined += 1
+                account.next_fetch_at = utcnow()
+                session.commit()
+                result.quarantined, result.stored, result.bytes, result.sent = 1, 0, 0, 0
+                result.skipped = 0
+                result.left = len(wanted) - 1
+                result.status = "more" if result.left else "done"
+                pop.quit()
+                return
+            for (number, uidl, item), outcome in zip(entries, outcomes):
+                if outcome.status == "quota":
                     quota_full = True
                     break
                 result.left -= 1
-                if outcome in ("stored", "sent"):
+                size = len(item.raw)
+                if outcome.status in ("stored", "duplicate"):
+                    stored_rows.append({"account_id": account.id, "uidl": uidl, "state": "stored",
+                                        "size": size, "reason": "",
+                                        "message_pk": outcome.message_pk})
                     result.stored += 1
-                    result.bytes += len(raw)
-                    result.sent += outcome == "sent"
+                    result.bytes += size
+                    result.sent += item.folder_role == "sent"
                     stored_numbers.append(number)
-                else:
+                    if recent and outcome.envelope and outcome.envelope.message_id:
+                        by_message_id[outcome.envelope.message_id[:998]] = outcome.message_pk
+                elif outcome.status == "too_large":
+                    session.add(PopUidl(account_id=account.id, uidl=uidl, state="skipped",
+                                        size=size,
+                                        reason=f"{outcome.reason} Left on the server."[:500]))
                     result.skipped += 1
+                else:  # failed: quarantined, never retried on its own, never deleted
+                    log.warning("pop account %s: quarantined %s: %s", account.id, uidl,
+                                outcome.reason)
+                    session.add(PopUidl(account_id=account.id, uidl=uidl, state="quarantined",
+                                        size=size, reason=_stored_failure(outcome.error)[:500]))
+                    result.quarantined += 1
             elapsed = max(time.monotonic() - started, 1e-6)
             _publish(result, base_fetched, result.stored / elapsed)
             if progress:
@@ -305,27 +327,6 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
         if stored_rows:
             session.execute(insert(PopUidl), stored_rows)
         raise
-
-    if quarantined is not None:
-        # The failure may have left partial writes: drop this batch's work, record only the
-        # quarantine (never retried on its own, never deleted from the server), and let the
-        # next batch fetch the others again.
-        session.rollback()
-        session.add(PopUidl(account_id=account.id, uidl=quarantined.uidl, state="quarantined",
-                            size=quarantined.size, reason=quarantined.reason[:500]))
-        account.messages_quarantined += 1
-        account.next_fetch_at = utcnow()
-        session.commit()
-        result.quarantined, result.stored, result.bytes, result.sent = 1, 0, 0, 0
-        result.skipped = 0
-        result.left = len(wanted) - 1
-        result.status = "more" if result.left else "done"
-        stored_numbers = []
-        if delete_mode and stored_still_on_server:
-            pop.delete_many(stored_still_on_server)
-            result.deleted = len(stored_still_on_server)
-        pop.quit()
-        return
 
     if stored_rows:
         session.execute(insert(PopUidl), stored_rows)
@@ -365,55 +366,60 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     pop.quit()  # DELEs take effect only now
 
 
-def _prestore_blobs(store: blobs.LocalBlobStore, raws: list[bytes]) -> None:
-    """Write a chunk's blobs in parallel, so their fsyncs overlap instead of queueing.
+def _prepare(session, account: PopAccount, received: list[tuple[int, str, bytes]], recent: bool,
+             mine: set[str], by_message_id: dict[str, int | None],
+             result: BatchResult) -> list[tuple[int, str, Incoming]]:
+    """What to deliver of a chunk, and where.
 
-    deliver() then finds each blob present (put() is idempotent by hash) and only counts it.
-    A blob left by a message that then fails (quota, quarantine) is an orphan the garbage
-    collector removes; a failing store is reported by deliver() itself.
+    recent: lists the last 30 days again, and the user's sent mail comes back as well: a
+    Message-ID already stored (before or earlier in this batch) is skipped with a ledger
+    row, and mail from one of the user's own addresses goes to Sent.
     """
-    def put(raw: bytes) -> None:
-        with contextlib.suppress(OSError):
-            store.put(raw)
-
-    with ThreadPoolExecutor(max_workers=PRESTORE_THREADS) as pool:
-        list(pool.map(put, raws))
-
-
-def _store_one(session, account: PopAccount, mail_account: MailAccount, uidl: str, raw: bytes,
-               recent: bool, mine: set[str], limit: int, stored_rows: list[dict]) -> str:
-    """Deliver one message with its ledger row: stored, sent, skipped or quota (or raise _Quarantine)."""
-    folder_role = "inbox"
-    if recent:
-        envelope = parse_envelope(raw)
+    if not recent:
+        return [(number, uidl, Incoming(raw, uidl)) for number, uidl, raw in received]
+    envelopes = [parse_envelope(raw) for _, _, raw in received]
+    ids = {e.message_id[:998] for e in envelopes if e.message_id and not e.message_id_substituted}
+    if ids:
+        by_message_id.update(session.execute(select(Message.message_id, Message.id).where(
+            Message.user_id == account.user_id, Message.message_id.in_(ids))).all())
+    entries = []
+    for (number, uidl, raw), envelope in zip(received, envelopes):
+        message_id = envelope.message_id[:998]
         if envelope.message_id and not envelope.message_id_substituted:
-            # recent: lists the last 30 days again, and sent mail comes back as well.
-            existing = session.scalar(select(Message.id).where(
-                Message.user_id == account.user_id,
-                Message.message_id == envelope.message_id[:998]).limit(1))
-            if existing is not None:
+            if message_id in by_message_id:
                 session.add(PopUidl(account_id=account.id, uidl=uidl, state="skipped",
-                                    size=len(raw), message_pk=existing,
+                                    size=len(raw), message_pk=by_message_id[message_id],
                                     reason="Same Message-ID as a message already stored."))
-                return "skipped"
+                result.skipped += 1
+                result.left -= 1
+                continue
+            by_message_id[message_id] = None  # a later copy in this chunk is skipped too
         sender = next((a.email.lower() for a in envelope.addresses if a.role == "from"), "")
-        if sender and sender in mine:
-            folder_role = "sent"
-    # No savepoint per message: deliver() writes nothing before it raises QuotaExceededError
-    # or MessageTooLargeError, and any other failure rolls the whole batch back (see below).
-    try:
-        delivered = deliver(session, mail_account, raw, uidl, folder_role=folder_role,
-                            max_bytes=limit)
-    except quota.QuotaExceededError:
-        return "quota"
-    except MessageTooLargeError as exc:
-        session.add(PopUidl(account_id=account.id, uidl=uidl, state="skipped", size=len(raw),
-                            reason=f"{exc} Left on the server."[:500]))
-        return "skipped"
-    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the mailbox
-        log.exception("pop account %s: quarantined %s", account.id, uidl)
-        raise _Quarantine(uidl, len(raw), f"Could not be stored: {type(exc).__name__}: {exc}") from exc
-    stored_rows.append({"account_id": account.id, "uidl": uidl, "state": "stored",
-                        "size": len(raw), "reason": "",
-                        "message_pk": delivered.message.id if delivered.message else None})
-    return "sent" if folder_role == "sent" else "stored"
+        role = "sent" if sender and sender in mine else "inbox"
+        entries.append((number, uidl, Incoming(raw, uidl, folder_role=role)))
+    return entries
+
+
+def _stored_failure(error: BaseException | None) -> str:
+    return f"Could not be stored: {type(error).__name__}: {error}"
+
+
+def _find_poison(session, mail_account: MailAccount, entries: list[tuple[int, str, Incoming]],
+                 limit: int, error: Exception) -> _Quarantine:
+    """After a database error in a chunk: the message that fails on its own, or re-raise.
+
+    The batch is rolled back (nothing of it was deleted from the server, and the next batch
+    fetches it again); each message of the chunk is then tried alone and rolled back, and
+    the first that fails is the one to quarantine. When none fails alone, the error was not
+    a message's: it is raised, and the job is retried at the account's next turn.
+    """
+    session.rollback()
+    for _number, uidl, item in entries:
+        try:
+            deliver_many(session, mail_account, [item], max_bytes=limit)
+        except Exception as exc:  # noqa: BLE001 - this is the message that cannot be stored
+            session.rollback()
+            log.exception("pop account %s: quarantined %s", mail_account.id, uidl)
+            return _Quarantine(uidl, len(item.raw), _stored_failure(exc))
+        session.rollback()
+    raise error
