@@ -1,4 +1,5 @@
-"""Real `flask worker` processes: daily limits under concurrency, and recovery after kill -9."""
+"""Real `flask worker` processes: daily limits under concurrency, and recovery after kill -9
+(of a single message, and in the middle of a batch)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,10 +17,11 @@ from sqlalchemy import select, update
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.smtpserver import ScriptedHandler
 from webapp.extensions import db
+from webapp.models import Folder, Message
 from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, SendCounter
 from webapp.services import outbox
-from worker.jobs.send import recover
+from worker.jobs.send import recover, recover_sent_copies, sweep
 
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
 
@@ -37,6 +39,11 @@ def _queue_many(user, count: int) -> list[int]:
                                         f"Message {n}", "Body\n", None, [], None, None).id)
     db.session.commit()
     return ids
+
+
+def _states(ids: list[int]) -> list[str]:
+    db.session.expire_all()
+    return [db.session.get(OutgoingMessage, i).state for i in ids]
 
 
 def test_daily_limit_holds_under_three_concurrent_workers(app, user, smtp_server, use_relay,
@@ -67,7 +74,9 @@ def test_org_limit_does_not_use_up_the_users_count(app, org, user, smtp_server, 
     server = smtp_server()
     use_relay(server, daily_limit_user=10, daily_limit_org=2)
     ids = _queue_many(user, 3)
-    assert [send_message(i) for i in ids] == ["sent", "sent", "failed"]
+    assert send_message(ids[0]) == "sent"  # and, in the same batch, the two others
+    assert _states(ids) == ["sent", "sent", "failed"]
+    assert [send_message(i) for i in ids[1:]] == ["not due", "not due"]
     assert outbox.sent_today(db.session, "user", user.id) == 2
     assert outbox.sent_today(db.session, "org", org.id) == 2
     # A retry of a counted message is not counted again.
@@ -128,3 +137,68 @@ def test_kill_9_before_data_leaves_exactly_one_copy_after_recovery(app, user, sm
     copies = [m for m in server.messages
               if message_from_bytes(m.data)["Message-ID"] == row.message_id]
     assert len(copies) == 1 and len(server.messages) == 1
+
+
+class GateAtRcpt(ScriptedHandler):
+    """Holds the RCPT of one address until the test opens the gate, so a worker can be killed
+    in the middle of a batch, before that message's DATA."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+        self.reached_rcpt = threading.Event()
+        self.gate = threading.Event()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address == self.address:
+            self.reached_rcpt.set()
+            while not self.gate.is_set():
+                await asyncio.sleep(0.02)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+def _sent_copy_keys(user) -> list[str]:
+    return db.session.scalars(select(Message.source_key)
+                              .join(Folder, Folder.id == Message.folder_id)
+                              .where(Message.user_id == user.id, Folder.role == "sent")
+                              .order_by(Message.source_key)).all()
+
+
+def test_kill_9_in_the_middle_of_a_batch_leaves_one_copy_of_each_after_recovery(
+        app, user, smtp_server, use_relay, cli_env):
+    server = smtp_server()
+    gated = GateAtRcpt("to2@remote.example")
+    server.controller.handler = server.handler = gated  # new sessions get the gated handler
+    use_relay(server)
+    ids = _queue_many(user, 5)
+
+    victim = _worker(cli_env)
+    try:
+        assert gated.reached_rcpt.wait(120), "the worker never reached the third message"
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=30)
+    gated.gate.set()  # the dead worker's session now ends without DATA
+
+    # One job took them all: the first two are out and recorded, the rest still claimed.
+    assert _states(ids) == ["sent", "sent", "sending", "sending", "sending"]
+    assert len(server.messages) == 2
+    # Sent copies are filed after each group: the second one's is still owed.
+    assert _sent_copy_keys(user) == [f"sent:{ids[0]}"]
+    assert recover(db.session) == [] and recover_sent_copies(db.session) == []  # leases hold
+    # Time passes: the leases of the dead worker run out.
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.lease_until.is_not(None))
+                       .values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    assert sweep() == 3  # requeued the claimed three, and filed the owed copy
+    assert _sent_copy_keys(user) == sorted(f"sent:{i}" for i in ids[:2])
+
+    survivor = _worker(cli_env, "--burst")
+    output = survivor.communicate(timeout=120)[0].decode(errors="replace")
+    assert _states(ids) == ["sent"] * 5, output
+    rows = [db.session.get(OutgoingMessage, i) for i in ids]
+    received = [message_from_bytes(m.data)["Message-ID"] for m in server.messages]
+    assert sorted(received) == sorted(r.message_id for r in rows)  # each exactly once
+    assert _sent_copy_keys(user) == sorted(f"sent:{i}" for i in ids)
+    assert all(r.lease_until is None and r.sent_message_pk is not None for r in rows)

@@ -18,7 +18,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -590,47 +590,77 @@ def retry(session: Session, user_id: int, outgoing_id: int) -> bool:
 # --- daily limits ---------------------------------------------------------------------
 
 
-def _insert_counter(session: Session, scope: str, scope_id: int, day: date) -> None:
-    """Create the counter row if missing, race-free (INSERT … ON CONFLICT DO NOTHING)."""
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    session.execute(module.insert(SendCounter)
-                    .values(scope=scope, scope_id=scope_id, day=day, count=0)
-                    .on_conflict_do_nothing())
+def _user_limit_message(relay: RelaySettings) -> str:
+    return (f"You reached your daily sending limit ({relay.daily_limit_user} messages "
+            "through the organization's relay). It resets at midnight UTC; press Retry "
+            "then, or ask your administrator to raise it.")
 
 
-def _take_one(session: Session, scope: str, scope_id: int, day: date, limit: int) -> bool:
-    """Count one message if the counter is under the limit (0: no limit); one conditional UPDATE."""
-    _insert_counter(session, scope, scope_id, day)
-    query = update(SendCounter).where(SendCounter.scope == scope,
-                                      SendCounter.scope_id == scope_id, SendCounter.day == day)
-    if limit > 0:
-        query = query.where(SendCounter.count < limit)
-    return bool(session.execute(query.values(count=SendCounter.count + 1)
-                                .execution_options(synchronize_session=False)).rowcount)
+def _org_limit_message(relay: RelaySettings) -> str:
+    return (f"Your organization reached its daily sending limit "
+            f"({relay.daily_limit_org} messages). It resets at midnight UTC; press "
+            "Retry then, or ask your administrator to raise it.")
+
+
+def count_many_against_limits(session: Session, org_id: int, user_ids: Sequence[int | None],
+                              relay: RelaySettings, today: date | None = None
+                              ) -> list[str | None]:
+    """Count relay messages of one org today, in order; per message None if allowed, else why not.
+
+    Each message is judged as if counted alone, one after the other: over the user's limit it
+    is refused with the user's message, else over the org's with the org's (and then it does
+    not use up the user's count). The counters are read under a lock (FOR UPDATE; SQLite's
+    write lock is already held) and moved once per counter, so concurrent workers never
+    exceed a limit and a whole group costs a few statements. The caller commits.
+    """
+    today = today or utcnow().date()
+    table = SendCounter.__table__
+    keys = sorted({("org", org_id)} | {("user", u) for u in user_ids if u is not None})
+    connection = session.connection()
+    module = postgresql if connection.dialect.name == "postgresql" else sqlite
+    # Sorted keys: two workers lock the same counters in the same order (no deadlock).
+    connection.execute(module.insert(table).values(
+        [{"scope": scope, "scope_id": scope_id, "day": today, "count": 0}
+         for scope, scope_id in keys]).on_conflict_do_nothing())
+    read = (select(table.c.scope, table.c.scope_id, table.c.count)
+            .where(table.c.day == today,
+                   or_(*[(table.c.scope == scope) & (table.c.scope_id == scope_id)
+                         for scope, scope_id in keys]))
+            .order_by(table.c.scope, table.c.scope_id).with_for_update())
+    counts = {(scope, scope_id): count for scope, scope_id, count in connection.execute(read)}
+    taken = dict.fromkeys(keys, 0)
+    verdicts: list[str | None] = []
+    for user_id in user_ids:
+        user_key = ("user", user_id)
+        if user_id is not None and relay.daily_limit_user > 0 and \
+                counts[user_key] + taken[user_key] >= relay.daily_limit_user:
+            verdicts.append(_user_limit_message(relay))
+        elif relay.daily_limit_org > 0 and \
+                counts[("org", org_id)] + taken[("org", org_id)] >= relay.daily_limit_org:
+            verdicts.append(_org_limit_message(relay))
+        else:
+            taken[("org", org_id)] += 1
+            if user_id is not None:
+                taken[user_key] += 1
+            verdicts.append(None)
+    moved = [{"b_scope": scope, "b_scope_id": scope_id, "b_taken": n}
+             for (scope, scope_id), n in taken.items() if n]
+    if moved:
+        connection.execute(
+            update(table).where(table.c.scope == bindparam("b_scope"),
+                                table.c.scope_id == bindparam("b_scope_id"),
+                                table.c.day == today)
+            .values(count=table.c.count + bindparam("b_taken")), moved)
+    return verdicts
 
 
 def count_against_limits(session: Session, org_id: int, user_id: int | None,
                          relay: RelaySettings, today: date | None = None) -> str | None:
     """Count one relay message for the user and the org today; None if allowed, else why not.
 
-    Both counters change in one savepoint: a message refused by the org limit does not use
-    up the user's.
+    A message refused by the org limit does not use up the user's.
     """
-    today = today or utcnow().date()
-    with session.begin_nested() as savepoint:
-        if user_id is not None and not _take_one(session, "user", user_id, today,
-                                                 relay.daily_limit_user):
-            savepoint.rollback()
-            return (f"You reached your daily sending limit ({relay.daily_limit_user} messages "
-                    "through the organization's relay). It resets at midnight UTC; press Retry "
-                    "then, or ask your administrator to raise it.")
-        if not _take_one(session, "org", org_id, today, relay.daily_limit_org):
-            savepoint.rollback()
-            return (f"Your organization reached its daily sending limit "
-                    f"({relay.daily_limit_org} messages). It resets at midnight UTC; press "
-                    "Retry then, or ask your administrator to raise it.")
-    return None
+    return count_many_against_limits(session, org_id, [user_id], relay, today)[0]
 
 
 def sent_today(session: Session, scope: str, scope_id: int) -> int:

@@ -1,8 +1,16 @@
-"""The send job: one outgoing message, its exact bytes, over the identity's transport.
+"""The send job: outgoing messages, their exact bytes, over the identity's transport.
 
 States: queued → sending → sent; sending → retry-wait → sending … → sent | failed;
 sending → uncertain; queued | retry-wait → cancelled (by the user). The Message-ID and
 the bytes never change across attempts; a retry goes only to recipients still pending.
+
+One job sends its own message, then keeps taking the other due messages of the same
+transport (the organization's relay, or one Send Mail As SMTP server) in groups of
+`BATCH_SIZE`, over the same SMTP session, until none are due or `BATCH_SECONDS` have
+passed. Each group is claimed (a lease) and counted against the daily limits in one
+commit before a byte of it leaves; each message's outcome (who accepted, who refused,
+its state) is committed right after its SMTP reply. The jobs of messages a batch already
+sent find them not due and return at once.
 
 Policy for the RFC 1047 window (the connection is lost after the end of DATA went out and
 before the server's reply came back): the server may well have accepted the message, and
@@ -18,27 +26,33 @@ The claim is committed before the SMTP session starts, so a crash before DATA re
 exactly once; a crash inside the RFC 1047 window itself (one round trip) may duplicate,
 with the same Message-ID.
 
+Sent copies are filed after each group, one `deliver_many` per account. Until then a sent
+message keeps its lease: a message that is no longer "sending" but still has a lease is
+owed its Sent copy, and once the lease runs out (the worker died) `sweep()` files it.
+
 SMTP sessions are reused within a worker process (keyed by transport, closed after
 `IDLE_SECONDS` unused): connecting, STARTTLS and AUTH cost more than sending a message.
 """
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import logging
 import time
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webapp.extensions import db
 from webapp.models import MailAccount, User
 from webapp.models._types import utcnow
-from webapp.models.sending import OutgoingMessage, SendIdentity
+from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
-from webapp.services.delivery import deliver
+from webapp.services.delivery import Incoming, deliver_many
 from worker.smtp import SendOutcome, SmtpConnection, SmtpError
 
 log = logging.getLogger("skydesk.send")
@@ -55,6 +69,22 @@ SWEEP_KEY = "skydesk:outbox:sweep-scheduled"
 SWEEP_INTERVAL = timedelta(seconds=60)
 IDLE_SECONDS = 20.0
 _RETRYABLE = ("temporary", "connect", "timeout")
+# A batch claims this many messages at a time: one statement, one commit for the group.
+BATCH_SIZE = 50
+# A batch claims no new group after this long; a group still being sent this long after
+# the job began gives its unsent messages back. Both well inside the job timeout (whose
+# end raises in the middle of a message) and the lease (so no claim outlives its job).
+BATCH_SECONDS = outbox.SEND_JOB_TIMEOUT // 3
+GROUP_DEADLINE_SECONDS = outbox.SEND_JOB_TIMEOUT * 3 // 4
+# Errors of the session rather than of one message: the rest of the group would meet the
+# same, so the batch stops and gives them back to their own jobs.
+_TRANSPORT_ERRORS = ("connect", "timeout", "auth", "tls", "cert_invalid")
+# Owed Sent copies filed per sweep (the rest at the next one).
+SWEEP_COPIES = 500
+
+_OUTGOING = OutgoingMessage.__table__
+_RECIPIENT = OutgoingRecipient.__table__
+_USER = User.__table__
 
 # transport key → (open session, last use on the monotonic clock)
 _connections: dict[tuple, tuple[SmtpConnection, float]] = {}
@@ -134,11 +164,27 @@ def _keep(transport: _Transport, connection: SmtpConnection) -> None:
         connection.close()
 
 
-def _transport_for(session: Session, outgoing: OutgoingMessage
+@dataclasses.dataclass(frozen=True)
+class _Lane:
+    """The messages that share one transport: an org's relay, or one Send Mail As server."""
+
+    transport: str
+    org_id: int
+    identity_id: int | None
+
+    def where(self):
+        """The condition selecting this lane's messages."""
+        c = _OUTGOING.c
+        if self.transport == "smtp":
+            return (c.transport == "smtp") & (c.identity_id == self.identity_id)
+        return (c.transport == "relay") & (c.org_id == self.org_id)
+
+
+def _transport_for(session: Session, lane: _Lane
                    ) -> tuple[_Transport | None, outbox.RelaySettings | None, str]:
-    """The transport of this message (and the relay settings when it is the relay), or why not."""
-    if outgoing.transport == "smtp":
-        identity = session.get(SendIdentity, outgoing.identity_id) if outgoing.identity_id else None
+    """The transport of this lane (and the relay settings when it is the relay), or why not."""
+    if lane.transport == "smtp":
+        identity = session.get(SendIdentity, lane.identity_id) if lane.identity_id else None
         if identity is None or identity.transport != "smtp":
             # The custom server was removed since queueing: the relay is the only way left,
             # and the From address may not be allowed through it; say so.
@@ -146,7 +192,7 @@ def _transport_for(session: Session, outgoing: OutgoingMessage
                                 "transport in Settings » Send Mail As, then press Retry.")
         return _Transport(identity.smtp_host, identity.smtp_port, identity.smtp_security,
                           identity.smtp_username, sendas.smtp_password(identity)), None, ""
-    relay = outbox.relay_settings(session, outgoing.org_id)
+    relay = outbox.relay_settings(session, lane.org_id)
     if not relay.configured:
         return None, relay, ("The organization's outgoing relay is not set up. Ask your "
                              "administrator to configure it (Admin » Relay & limits).")
@@ -154,21 +200,147 @@ def _transport_for(session: Session, outgoing: OutgoingMessage
                       relay.password), relay, ""
 
 
+def _due(now: datetime):
+    """Queued or waiting and due (a few seconds early is fine), or claimed by a dead worker."""
+    c = _OUTGOING.c
+    return or_(c.state.in_(("queued", "retry-wait"))
+               & or_(c.next_attempt_at.is_(None),
+                     c.next_attempt_at <= now + timedelta(seconds=5)),
+               (c.state == "sending") & (c.lease_until < now))
+
+
+def _claimed_values(now: datetime) -> dict:
+    return {"state": "sending", "lease_until": now + LEASE,
+            "attempts": _OUTGOING.c.attempts + 1}
+
+
 def _claim(session: Session, outgoing_id: int, now: datetime) -> bool:
     """Take the message for this worker: one conditional UPDATE, so two jobs never both send."""
-    claimed = session.execute(
-        update(OutgoingMessage)
-        .where(OutgoingMessage.id == outgoing_id,
-               or_(OutgoingMessage.state.in_(("queued", "retry-wait"))
-                   & or_(OutgoingMessage.next_attempt_at.is_(None),
-                         OutgoingMessage.next_attempt_at <= now + timedelta(seconds=5)),
-                   (OutgoingMessage.state == "sending") & (OutgoingMessage.lease_until < now)))
-        .values(state="sending", lease_until=now + LEASE, attempts=OutgoingMessage.attempts + 1)
-        .execution_options(synchronize_session=False)).rowcount
-    return bool(claimed)
+    return bool(session.connection().execute(
+        update(_OUTGOING).where(_OUTGOING.c.id == outgoing_id, _due(now))
+        .values(_claimed_values(now))).rowcount)
 
 
-def _fail(outgoing: OutgoingMessage, kind: str, message: str, code: int | None = None,
+def _claim_group(session: Session, lane: _Lane, now: datetime) -> list[int]:
+    """Take up to BATCH_SIZE more due messages of the lane, oldest first: one UPDATE … RETURNING.
+
+    Messages of a disabled user wait (their own job does nothing either).
+    """
+    c = _OUTGOING.c
+    connection = session.connection()
+    candidates = (select(c.id).select_from(_OUTGOING.outerjoin(_USER, _USER.c.id == c.user_id))
+                  .where(lane.where(), _due(now),
+                         or_(c.user_id.is_(None), _USER.c.is_disabled.is_(False)))
+                  .order_by(c.id).limit(BATCH_SIZE))
+    if connection.dialect.name == "postgresql":
+        # Concurrent batches on one lane split the queue instead of queueing on row locks.
+        candidates = candidates.with_for_update(of=_OUTGOING, skip_locked=True)
+    # The conditions again on the UPDATE: a row another worker took meanwhile is skipped.
+    return sorted(connection.scalars(
+        update(_OUTGOING).where(c.id.in_(candidates.scalar_subquery()), _due(now))
+        .values(_claimed_values(now)).returning(c.id)))
+
+
+@dataclasses.dataclass
+class _Recipient:
+    """One envelope recipient of a claimed message, and whether this attempt changed it."""
+
+    id: int
+    address: str
+    state: str
+    code: int | None
+    text: str
+    updated_at: datetime | None = None
+    changed: bool = False
+
+    def set(self, state: str, code: int | None, text: str, now: datetime) -> None:
+        """Record the server's answer for this recipient."""
+        self.state, self.code, self.text, self.updated_at = state, code, text[:2000], now
+        self.changed = True
+
+
+@dataclasses.dataclass
+class _Claimed:
+    """One claimed message as loaded for sending, and what its attempt makes of it.
+
+    Plain values, written back with Core statements: ORM objects cost more per message
+    than the SMTP transaction does.
+    """
+
+    id: int
+    org_id: int
+    user_id: int | None
+    blob_sha256: str
+    envelope_from: str
+    from_email: str
+    file_in_sent: bool
+    counted: bool
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    sent_message_pk: int | None
+    state: str
+    last_error_kind: str
+    last_error_code: int | None
+    last_error_text: str
+    last_error_message: str
+    next_attempt_at: datetime | None
+    lease_until: datetime | None
+    recipients: list[_Recipient] = dataclasses.field(default_factory=list)
+
+    @property
+    def owes_sent_copy(self) -> bool:
+        """Whether this message, once accepted by someone, still needs its copy in Sent."""
+        return self.file_in_sent and self.user_id is not None and not self.sent_message_pk
+
+
+_CLAIMED_COLUMNS = [_OUTGOING.c[f.name] for f in dataclasses.fields(_Claimed)
+                    if f.name != "recipients"]
+_WRITTEN = ("state", "last_error_kind", "last_error_code", "last_error_text",
+            "last_error_message", "next_attempt_at", "lease_until", "sent_at")
+
+
+def _load(session: Session, ids: list[int], with_recipients: bool = True) -> list[_Claimed]:
+    """The messages with these ids (and their recipients), in id order: two queries."""
+    connection = session.connection()
+    rows = [_Claimed(*row) for row in connection.execute(
+        select(*_CLAIMED_COLUMNS).where(_OUTGOING.c.id.in_(ids)).order_by(_OUTGOING.c.id))]
+    if with_recipients and rows:
+        by_id = {row.id: row for row in rows}
+        r = _RECIPIENT.c
+        for outgoing_id, *values in connection.execute(
+                select(r.outgoing_id, r.id, r.address, r.state, r.code, r.text)
+                .where(r.outgoing_id.in_(ids)).order_by(r.id)):
+            by_id[outgoing_id].recipients.append(_Recipient(*values))
+    return rows
+
+
+def _write(session: Session, row: _Claimed) -> None:
+    """Write what the attempt made of the message and its recipients (the caller commits)."""
+    connection = session.connection()
+    changed = [r for r in row.recipients if r.changed]
+    if changed:
+        connection.execute(
+            update(_RECIPIENT).where(_RECIPIENT.c.id == bindparam("b_id")),
+            [{"b_id": r.id, "state": r.state, "code": r.code, "text": r.text,
+              "updated_at": r.updated_at} for r in changed])
+        for recipient in changed:
+            recipient.changed = False
+    connection.execute(update(_OUTGOING).where(_OUTGOING.c.id == row.id)
+                       .values({name: getattr(row, name) for name in _WRITTEN}))
+
+
+def _write_failure(session: Session, outgoing_id: int, kind: str, message: str,
+                   server_text: str = "", state: str = "failed") -> None:
+    """Record a failure on a message not loaded (after a rollback); the caller commits."""
+    session.connection().execute(
+        update(_OUTGOING).where(_OUTGOING.c.id == outgoing_id)
+        .values(state=state, last_error_kind=kind, last_error_code=None,
+                last_error_text=server_text[:4000], last_error_message=message[:4000],
+                next_attempt_at=None, lease_until=None))
+
+
+def _fail(outgoing: _Claimed, kind: str, message: str, code: int | None = None,
           server_text: str = "", state: str = "failed") -> None:
     outgoing.state = state
     outgoing.last_error_kind = kind
@@ -179,17 +351,17 @@ def _fail(outgoing: OutgoingMessage, kind: str, message: str, code: int | None =
     outgoing.lease_until = None
 
 
-def _record_refusals(outgoing: OutgoingMessage, refused: dict) -> None:
+def _record_refusals(outgoing: _Claimed, refused: dict) -> None:
     by_address = {r.address.lower(): r for r in outgoing.recipients}
     now = utcnow()
     for address, refusal in refused.items():
         row = by_address.get(address.lower())
         if row is not None:
-            row.state = "deferred" if refusal.temporary else "refused"
-            row.code, row.text, row.updated_at = refusal.code, refusal.text[:2000], now
+            row.set("deferred" if refusal.temporary else "refused", refusal.code, refusal.text,
+                    now)
 
 
-def _schedule_retry(outgoing: OutgoingMessage, error_kind: str, message: str,
+def _schedule_retry(outgoing: _Claimed, error_kind: str, message: str,
                     code: int | None, server_text: str, now: datetime) -> datetime | None:
     """retry-wait with backoff, or failed once the attempts or the lifetime are used up."""
     if outgoing.attempts >= MAX_ATTEMPTS or now - outgoing.created_at >= LIFETIME:
@@ -203,72 +375,50 @@ def _schedule_retry(outgoing: OutgoingMessage, error_kind: str, message: str,
     return when
 
 
-def _sent_copy_account(session: Session, outgoing: OutgoingMessage) -> MailAccount:
-    """The POP account whose address is the From address, else the user's hosted account."""
-    matching = session.scalar(select(MailAccount).where(
-        MailAccount.user_id == outgoing.user_id, MailAccount.kind == "pop",
-        MailAccount.email == outgoing.from_email))
-    return matching or outbox.hosted_account(session, outgoing.user_id)
+def _apply_outcome(outgoing: _Claimed, outcome: SendOutcome, now: datetime) -> datetime | None:
+    """Record who got it; retry only those refused for now. Returns the retry time, if any.
 
-
-def _file_in_sent(session: Session, outgoing: OutgoingMessage, raw: bytes) -> None:
-    """The exact bytes sent, in Sent; a full mailbox must not turn a sent message into a failure."""
-    if not outgoing.file_in_sent or outgoing.user_id is None or outgoing.sent_message_pk:
-        return
-    try:
-        with session.begin_nested():
-            # No filters: they sort incoming mail, and a "To contains …" rule must not move
-            # the user's own sent copy out of Sent.
-            delivered = deliver(session, _sent_copy_account(session, outgoing), raw,
-                                source_key=f"sent:{outgoing.id}", folder_role="sent",
-                                is_read=True, run_filters=False)
-        outgoing.sent_message_pk = delivered.message.id if delivered.message else None
-    except Exception as error:  # noqa: BLE001 - quota, size: the message is out either way
-        log.warning("outgoing %s sent but not filed in Sent: %s", outgoing.id, error)
-        outgoing.last_error_message = (f"Sent, but no copy could be kept in Sent: {error}")[:4000]
-
-
-def _apply_outcome(session: Session, outgoing: OutgoingMessage, outcome: SendOutcome,
-                   raw: bytes, now: datetime) -> datetime | None:
-    """Record who got it; retry only those refused for now. Returns the retry time, if any."""
+    A message that owes its Sent copy keeps its lease until the copy is filed.
+    """
+    lease = outgoing.lease_until
     by_address = {r.address.lower(): r for r in outgoing.recipients}
     for address in outcome.accepted:
         row = by_address.get(address.lower())
         if row is not None:
-            row.state, row.code, row.text, row.updated_at = "accepted", outcome.reply_code, \
-                outcome.reply_text[:2000], now
+            row.set("accepted", outcome.reply_code, outcome.reply_text, now)
     _record_refusals(outgoing, outcome.refused)
     outgoing.sent_at = outgoing.sent_at or now
-    _file_in_sent(session, outgoing, raw)
+    retry_at = None
     if outcome.temporarily_refused:
         first = outcome.refused[outcome.temporarily_refused[0]]
-        return _schedule_retry(
+        retry_at = _schedule_retry(
             outgoing, "temporary",
             f"Sent to {len(outcome.accepted)} recipient(s); {len(outcome.temporarily_refused)} "
             f"will be retried (the server said: {first.code} {first.text}).",
             first.code, first.text, now)
-    outgoing.state = "sent"
-    outgoing.next_attempt_at = outgoing.lease_until = None
-    # The Sent copy holds its own reference to these bytes; the outbox's is no longer needed.
-    blobs.drop_reference(session, outgoing.blob_sha256)
-    refused = [r for r in outgoing.recipients if r.state == "refused"]
-    if refused:
-        # Over all attempts: the final word names everyone who will never get it.
-        first = refused[0]
-        outgoing.last_error_kind = "rejected"
-        outgoing.last_error_code = first.code
-        outgoing.last_error_text = first.text[:4000]
-        outgoing.last_error_message = (
-            f"Not delivered to {', '.join(r.address for r in refused)} "
-            f"(the server said: {first.code} {first.text}).")[:4000]
     else:
-        outgoing.last_error_kind = ""
-        if not outgoing.last_error_message.startswith("Sent, but"):
-            outgoing.last_error_message = ""
-    return None
+        outgoing.state = "sent"
+        outgoing.next_attempt_at = outgoing.lease_until = None
+        refused = [r for r in outgoing.recipients if r.state == "refused"]
+        if refused:
+            # Over all attempts: the final word names everyone who will never get it.
+            first = refused[0]
+            outgoing.last_error_kind = "rejected"
+            outgoing.last_error_code = first.code
+            outgoing.last_error_text = first.text[:4000]
+            outgoing.last_error_message = (
+                f"Not delivered to {', '.join(r.address for r in refused)} "
+                f"(the server said: {first.code} {first.text}).")[:4000]
+        else:
+            outgoing.last_error_kind = ""
+            if not outgoing.last_error_message.startswith("Sent, but"):
+                outgoing.last_error_message = ""
+    if outgoing.owes_sent_copy:
+        outgoing.lease_until = lease
+    return retry_at
 
 
-def _apply_error(outgoing: OutgoingMessage, error: SmtpError, now: datetime) -> datetime | None:
+def _apply_error(outgoing: _Claimed, error: SmtpError, now: datetime) -> datetime | None:
     """Classify a failed attempt into retry-wait, failed or uncertain."""
     if error.refused:
         _record_refusals(outgoing, error.refused)
@@ -312,87 +462,345 @@ def _ensure_sweep_scheduled() -> None:
         get_queue(outbox.SEND_QUEUE).enqueue_in(SWEEP_INTERVAL, "worker.jobs.send.sweep")
 
 
+# --- Sent copies ------------------------------------------------------------------------
+
+
+def _sent_copy_account(session: Session, user_id: int, from_email: str,
+                       cache: dict[tuple[int, str], MailAccount]) -> MailAccount:
+    """The POP account whose address is the From address, else the user's hosted account."""
+    key = (user_id, from_email)
+    if key not in cache:
+        matching = session.scalar(select(MailAccount).where(
+            MailAccount.user_id == user_id, MailAccount.kind == "pop",
+            MailAccount.email == from_email))
+        cache[key] = matching or outbox.hosted_account(session, user_id)
+    return cache[key]
+
+
+def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Exception]],
+                      accounts: dict[tuple[int, str], MailAccount] | None = None) -> None:
+    """File the exact bytes sent in Sent, one deliver_many per account; the caller commits.
+
+    Each message then gives up its lease (unless it is being sent again right now), and a
+    message that is sent for good drops the outbox's reference to its bytes (the copy in
+    Sent holds its own). A full mailbox must not turn a sent message into a failure: the
+    copy is then given up, and the Outbox says so. A database error (say, another worker
+    filing the same copy at once) leaves the copy owed, for the sweep.
+    """
+    accounts = {} if accounts is None else accounts
+    by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
+    filed: list[dict] = []
+    given_up: list[dict] = []
+    for row, raw in owed:
+        if isinstance(raw, Exception):
+            given_up.append({"b_id": row.id, "b_note": str(raw)})
+            continue
+        try:
+            account = _sent_copy_account(session, row.user_id, row.from_email, accounts)
+        except LookupError as error:
+            given_up.append({"b_id": row.id, "b_note": str(error)})
+            continue
+        by_account.setdefault(account.id, (account, []))[1].append((row, raw))
+    for account, entries in by_account.values():
+        try:
+            with session.begin_nested():
+                # No filters: they sort incoming mail, and a "To contains …" rule must not
+                # move the user's own sent copy out of Sent.
+                outcomes = deliver_many(
+                    session, account,
+                    [Incoming(raw, f"sent:{row.id}", "sent", True) for row, raw in entries],
+                    run_filters=False)
+        except SQLAlchemyError as error:
+            log.warning("Sent copies of %s not filed yet: %s", [r.id for r, _ in entries], error)
+            continue
+        except Exception as error:  # noqa: BLE001 - the messages are out either way
+            outcomes = [error] * len(entries)
+        for (row, _raw), outcome in zip(entries, outcomes):
+            if isinstance(outcome, Exception):
+                given_up.append({"b_id": row.id, "b_note": str(outcome)})
+            elif outcome.message_pk is None:
+                given_up.append({"b_id": row.id, "b_note": outcome.reason})
+            else:
+                filed.append({"b_id": row.id, "b_pk": outcome.message_pk})
+    c = _OUTGOING.c
+    # A message claimed again meanwhile keeps the lease of its new claim.
+    lease = case((c.state == "sending", c.lease_until), else_=None)
+    connection = session.connection()
+    if filed:
+        connection.execute(update(_OUTGOING).where(c.id == bindparam("b_id"))
+                           .values(sent_message_pk=bindparam("b_pk"), lease_until=lease), filed)
+    if given_up:
+        for entry in given_up:
+            log.warning("outgoing %s sent but not filed in Sent: %s", entry["b_id"],
+                        entry["b_note"])
+            entry["b_note"] = f"Sent, but no copy could be kept in Sent: {entry['b_note']}"[:4000]
+        # The words stay only where nothing more important is said (a retry, a refusal).
+        connection.execute(
+            update(_OUTGOING).where(c.id == bindparam("b_id"))
+            .values(lease_until=lease, last_error_message=case(
+                ((c.state == "sent") & (c.last_error_kind == ""), bindparam("b_note")),
+                else_=c.last_error_message)), given_up)
+    done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
+    for row, _raw in owed:
+        if row.id in done and row.state == "sent":
+            blobs.drop_reference(session, row.blob_sha256)
+
+
+def recover_sent_copies(session: Session, now: datetime | None = None) -> list[int]:
+    """File the Sent copies owed by workers that died (lease run out); return their ids."""
+    now = now or utcnow()
+    c = _OUTGOING.c
+    ids = list(session.connection().scalars(
+        select(c.id).where(c.state != "sending", c.lease_until < now)
+        .order_by(c.id).limit(SWEEP_COPIES)))
+    if not ids:
+        return []
+    store = blobs.get_store(current_app.config["BLOB_DIR"])
+    owed: list[tuple[_Claimed, bytes | Exception]] = []
+    settled: list[int] = []
+    for row in _load(session, ids, with_recipients=False):
+        if not row.owes_sent_copy or row.sent_at is None:
+            settled.append(row.id)
+            continue
+        try:
+            owed.append((row, store.get(row.blob_sha256)))
+        except OSError as error:
+            owed.append((row, error))
+    _file_sent_copies(session, owed)
+    if settled:
+        # A lease outside "sending" that owes no copy has nothing left to guard.
+        session.connection().execute(
+            update(_OUTGOING).where(c.id.in_(settled), c.state != "sending",
+                                    c.lease_until < now)
+            .values(lease_until=None))
+    session.commit()
+    return [row.id for row, _raw in owed]
+
+
+# --- the job ----------------------------------------------------------------------------
+
+
+class _Batch:
+    """One job's run over one transport: its own message, then more due ones, group by group."""
+
+    def __init__(self, session: Session, lane: _Lane):
+        self.session = session
+        self.lane = lane
+        self.store = blobs.get_store(current_app.config["BLOB_DIR"])
+        self.started = time.monotonic()
+        self.states: dict[int, str] = {}
+        self.retries: list[tuple[int, datetime]] = []
+        self.released: list[int] = []
+        self.accounts: dict[tuple[int, str], MailAccount] = {}
+
+    def run(self, first_id: int) -> str:
+        """Send the claimed first message, then further groups; the first one's state."""
+        transport, relay, problem = _transport_for(self.session, self.lane)
+        go_on = self._group([first_id], transport, relay, problem, first=True)
+        while go_on and time.monotonic() - self.started < BATCH_SECONDS:
+            transport, relay, problem = _transport_for(self.session, self.lane)
+            if transport is None:
+                self.session.rollback()
+                break
+            ids = _claim_group(self.session, self.lane, utcnow())
+            if not ids:
+                self.session.rollback()
+                break
+            go_on = self._group(ids, transport, relay, problem)
+        self._enqueue_follow_ups()
+        return self.states.get(first_id, "sending")
+
+    def _group(self, ids: list[int], transport: _Transport | None,
+               relay: outbox.RelaySettings | None, problem: str, first: bool = False) -> bool:
+        """Send a claimed group (its claim not yet committed); whether the batch may go on."""
+        session = self.session
+        try:
+            rows = _load(session, ids)
+            ready = self._check(rows, transport, relay, problem)
+            # The claim and the count are durable before a byte leaves: a crash from here
+            # on is recovered by the sweep, and the count is never taken twice.
+            session.commit()
+        except Exception as error:  # noqa: BLE001 - the row must say what happened
+            log.exception("outgoing %s: unexpected failure before sending", ids)
+            session.rollback()
+            if first:
+                _write_failure(session, ids[0], "internal",
+                               f"Could not send: {error}. Your administrator can see the "
+                               "details in the worker's log; press Retry once it is fixed.",
+                               repr(error))
+                session.commit()
+                self.states[ids[0]] = "failed"
+            return False
+        _ensure_sweep_scheduled()
+        owed: list[tuple[_Claimed, bytes | Exception]] = []
+        go_on = True
+        for index, row in enumerate(ready):
+            if not go_on or (not first and time.monotonic() - self.started
+                             > GROUP_DEADLINE_SECONDS):
+                self._release(ready[index:])
+                go_on = False
+                break
+            go_on, raw = self._send_one(row, transport)
+            if raw is not None and row.sent_at is not None and row.owes_sent_copy \
+                    and row.lease_until is not None:
+                owed.append((row, raw))
+        if owed:
+            try:
+                _file_sent_copies(session, owed, self.accounts)
+                session.commit()
+            except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
+                log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
+                session.rollback()
+        return go_on
+
+    def _check(self, rows: list[_Claimed], transport: _Transport | None,
+               relay: outbox.RelaySettings | None, problem: str) -> list[_Claimed]:
+        """Fail what cannot go (crash loops, no transport, daily limits); the rest, to send."""
+        ready: list[_Claimed] = []
+        for row in rows:
+            if row.attempts > CRASH_LIMIT:
+                # Only dead claims get this far without an outcome being written: the
+                # message kills whatever worker takes it. Stop rather than take every
+                # worker down.
+                _fail(row, "internal", "Sending this message stopped the sending worker "
+                      "repeatedly; it was not retried again. Your administrator can see why "
+                      "in the worker's log.")
+            elif transport is None:
+                _fail(row, "config", problem)
+            else:
+                ready.append(row)
+        if relay is not None:
+            uncounted = [row for row in ready if not row.counted]
+            verdicts = outbox.count_many_against_limits(
+                self.session, self.lane.org_id, [row.user_id for row in uncounted], relay,
+                utcnow().date()) if uncounted else []
+            refused = {row.id for row, refusal in zip(uncounted, verdicts)
+                       if refusal is not None}
+            for row, refusal in zip(uncounted, verdicts):
+                if refusal is not None:
+                    _fail(row, "limit", refusal)
+            counted = [row.id for row, refusal in zip(uncounted, verdicts) if refusal is None]
+            if counted:
+                self.session.connection().execute(
+                    update(_OUTGOING).where(_OUTGOING.c.id.in_(counted)).values(counted=True))
+            ready = [row for row in ready if row.id not in refused]
+        going = {row.id for row in ready}
+        for row in rows:
+            if row.id not in going:
+                _write(self.session, row)
+                self.states[row.id] = row.state
+        return ready
+
+    def _send_one(self, row: _Claimed, transport: _Transport) -> tuple[bool, bytes | None]:
+        """Send one claimed message and commit its outcome; (may the batch go on, its bytes)."""
+        session = self.session
+        pending = [r.address for r in row.recipients if r.state in ("pending", "deferred")]
+        if not pending:
+            row.state = "sent"
+            row.lease_until = None
+            _write(session, row)
+            blobs.drop_reference(session, row.blob_sha256)
+            session.commit()
+            self.states[row.id] = row.state
+            return True, None
+        try:
+            raw = self.store.get(row.blob_sha256)
+        except Exception as error:  # noqa: BLE001 - this message's bytes; the others may go
+            log.exception("outgoing %s: bytes not readable", row.id)
+            _fail(row, "internal", f"Could not send: {error}. Your administrator can see the "
+                  "details in the worker's log; press Retry once it is fixed.",
+                  server_text=repr(error))
+            _write(session, row)
+            session.commit()
+            self.states[row.id] = row.state
+            return True, None
+        sent_out = False
+        go_on = True
+        try:
+            try:
+                outcome = _send_over(transport, row.envelope_from, pending, raw)
+            except SmtpError as error:
+                retry_at = _apply_error(row, error, utcnow())
+                go_on = error.kind not in _TRANSPORT_ERRORS
+                log.info("outgoing %s attempt %s: %s", row.id, row.attempts, error)
+            else:
+                sent_out = True
+                retry_at = _apply_outcome(row, outcome, utcnow())
+            _write(session, row)
+            if row.state == "sent" and not row.owes_sent_copy:
+                # Nothing more will be sent or filed: the outbox's copy of the bytes can go.
+                blobs.drop_reference(session, row.blob_sha256)
+            session.commit()
+        except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
+            log.exception("outgoing %s: unexpected failure", row.id)
+            session.rollback()
+            if sent_out:
+                _write_failure(session, row.id, "uncertain", "The server accepted the message "
+                               "but recording that failed; it was probably delivered. Check "
+                               "before sending it again.", str(error), state="uncertain")
+                self.states[row.id] = "uncertain"
+            else:
+                _write_failure(session, row.id, "internal",
+                               f"Could not send: {error}. Your administrator can see the "
+                               "details in the worker's log; press Retry once it is fixed.",
+                               repr(error))
+                self.states[row.id] = "failed"
+            session.commit()
+            return False, None
+        self.states[row.id] = row.state
+        if retry_at is not None:
+            self.retries.append((row.id, retry_at))
+        return go_on, raw
+
+    def _release(self, rows: list[_Claimed]) -> None:
+        """Give claimed, unsent messages back to the queue as they were (attempt not used)."""
+        ids = [row.id for row in rows]
+        c = _OUTGOING.c
+        try:
+            self.session.connection().execute(
+                update(_OUTGOING).where(c.id.in_(ids), c.state == "sending")
+                .values(state="queued", lease_until=None, next_attempt_at=utcnow(),
+                        attempts=c.attempts - 1))
+            self.session.commit()
+        except Exception:  # noqa: BLE001 - their leases run out and the sweep requeues them
+            log.exception("outgoing %s: not given back", ids)
+            self.session.rollback()
+            return
+        self.released.extend(ids)
+
+    def _enqueue_follow_ups(self) -> None:
+        """After every commit: the retries' delayed jobs, and new jobs for given-back messages."""
+        from webapp.queue import enqueue_now
+
+        for outgoing_id, when in self.retries:
+            _enqueue_retry(outgoing_id, when)
+        for outgoing_id in self.released:
+            enqueue_now(outbox.SEND_JOB, outgoing_id, queue=outbox.SEND_QUEUE,
+                        job_timeout=outbox.SEND_JOB_TIMEOUT)
+
+
 def send_message(outgoing_id: int) -> str:
-    """Send one outgoing message (idempotent: a message not due or not ours is left alone)."""
+    """Send one outgoing message, then the other due messages of its transport.
+
+    Idempotent: a message not due or not ours is left alone, and the job returns at once.
+    Returns the state of the message the job was for.
+    """
     session = db.session
     now = utcnow()
-    outgoing = session.get(OutgoingMessage, outgoing_id)
-    if outgoing is None:
+    c = _OUTGOING.c
+    head = session.connection().execute(
+        select(c.org_id, c.user_id, c.transport, c.identity_id).where(c.id == outgoing_id)).first()
+    if head is None:
         return "gone"
-    if outgoing.user_id is not None:
-        user = session.get(User, outgoing.user_id)
-        if user is None or user.is_disabled:
+    org_id, user_id, transport, identity_id = head
+    if user_id is not None:
+        disabled = session.scalar(select(User.is_disabled).where(User.id == user_id))
+        if disabled is None or disabled:
             return "user disabled"  # nothing goes out for a disabled account; Retry once enabled
     if not _claim(session, outgoing_id, now):
         session.rollback()
         return "not due"
-    session.expire(outgoing)
-    sent_out = False
-    try:
-        if outgoing.attempts > CRASH_LIMIT:
-            # Only dead claims get this far without an outcome being written: the message
-            # kills whatever worker takes it. Stop rather than take every worker down.
-            _fail(outgoing, "internal", "Sending this message stopped the sending worker "
-                  "repeatedly; it was not retried again. Your administrator can see why in "
-                  "the worker's log.")
-            session.commit()
-            return outgoing.state
-        transport, relay, problem = _transport_for(session, outgoing)
-        if transport is None:
-            _fail(outgoing, "config", problem)
-            session.commit()
-            return outgoing.state
-        if relay is not None and not outgoing.counted:
-            refusal = outbox.count_against_limits(session, outgoing.org_id, outgoing.user_id,
-                                                  relay, now.date())
-            if refusal is not None:
-                _fail(outgoing, "limit", refusal)
-                session.commit()
-                return outgoing.state
-            outgoing.counted = True
-        # The claim and the count are durable before a byte leaves: a crash from here on
-        # is recovered by the sweep, and the count is never taken twice.
-        session.commit()
-        _ensure_sweep_scheduled()
-
-        pending = [r.address for r in outgoing.recipients if r.state in ("pending", "deferred")]
-        if not pending:
-            outgoing.state = "sent"
-            outgoing.lease_until = None
-            blobs.drop_reference(session, outgoing.blob_sha256)
-            session.commit()
-            return outgoing.state
-        raw = blobs.get_store(current_app.config["BLOB_DIR"]).get(outgoing.blob_sha256)
-        retry_at: datetime | None
-        try:
-            outcome = _send_over(transport, outgoing.envelope_from, pending, raw)
-        except SmtpError as error:
-            retry_at = _apply_error(outgoing, error, utcnow())
-            log.info("outgoing %s attempt %s: %s", outgoing.id, outgoing.attempts, error)
-        else:
-            sent_out = True
-            retry_at = _apply_outcome(session, outgoing, outcome, raw, utcnow())
-        state = outgoing.state
-        session.commit()
-    except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
-        log.exception("outgoing %s: unexpected failure", outgoing_id)
-        session.rollback()
-        outgoing = session.get(OutgoingMessage, outgoing_id)
-        if outgoing is None:
-            return "gone"
-        if sent_out:
-            _fail(outgoing, "uncertain", "The server accepted the message but recording that "
-                  "failed; it was probably delivered. Check before sending it again.",
-                  server_text=str(error), state="uncertain")
-        else:
-            _fail(outgoing, "internal", f"Could not send: {error}. Your administrator can see "
-                  "the details in the worker's log; press Retry once it is fixed.",
-                  server_text=repr(error))
-        session.commit()
-        return outgoing.state
-    if retry_at is not None:
-        _enqueue_retry(outgoing_id, retry_at)
-    return state
+    return _Batch(session, _Lane(transport, org_id, identity_id)).run(outgoing_id)
 
 
 def recover(session: Session, now: datetime | None = None) -> list[int]:
@@ -407,11 +815,14 @@ def recover(session: Session, now: datetime | None = None) -> list[int]:
 
 
 def sweep() -> int:
-    """The periodic safety net: requeue due retries and expired claims, then reschedule itself."""
+    """The periodic safety net: requeue due retries and expired claims, file Sent copies
+    owed by dead workers, then reschedule itself."""
     ids = recover(db.session)
-    pending = db.session.scalar(
-        select(OutgoingMessage.id).where(
-            OutgoingMessage.state.in_(("queued", "retry-wait", "sending"))).limit(1))
+    recover_sent_copies(db.session)
+    c = _OUTGOING.c
+    pending = db.session.connection().scalar(
+        select(c.id).where(or_(c.state.in_(("queued", "retry-wait", "sending")),
+                               c.lease_until.is_not(None))).limit(1))
     db.session.rollback()
     if pending is not None:
         _ensure_sweep_scheduled()
