@@ -28,6 +28,16 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 PIPELINE_WINDOW = 64
 # readline() chunk for message bodies: bounds one read, not the line length.
 _READ_CHUNK = 65536
+# The end of a multi-line answer: a line holding only "." (CRLF, or a bare LF from a lax server).
+_BODY_END = re.compile(rb"\n\.\r?\n")
+
+
+def _terminator_end(buffer: bytearray, start: int) -> int:
+    """The end of a "." line starting at ``start`` if the buffer holds it whole, else 0."""
+    for ending in (b".\r\n", b".\n"):
+        if buffer[start:start + len(ending)] == ending:
+            return start + len(ending)
+    return 0
 
 ERROR_KINDS: tuple[str, ...] = (
     "auth",
@@ -307,21 +317,34 @@ class _Pop3Connection(poplib.POP3):
         return line[:-1], octets
 
     def read_message(self) -> bytes:
-        """Read one multi-line body after its +OK: raw bytes, dot-unstuffed, line ends kept."""
-        readline = self.file.readline
-        parts: list[bytes] = []
-        at_line_start = True
+        """Read one multi-line body after its +OK: raw bytes, dot-unstuffed, line ends kept.
+
+        Reads what the buffer holds and looks for the terminating "." line with one search
+        per read, instead of a Python call per line: a 20 KB message is a few reads, not
+        hundreds of lines. Bytes after the terminator (a pipelined answer) stay buffered.
+        """
+        peek, read = self.file.peek, self.file.read
+        body = bytearray()
         while True:
-            piece = readline(_READ_CHUNK)
-            if not piece:
+            chunk = peek(_READ_CHUNK)
+            if not chunk:
                 raise poplib.error_proto("-ERR EOF")
-            if at_line_start:
-                if piece == b".\r\n" or piece == b".\n":
-                    return b"".join(parts)
-                if piece[:1] == b".":
-                    piece = piece[1:]  # RFC 1939 byte-stuffing
-            parts.append(piece)
-            at_line_start = piece[-1:] == b"\n"
+            searched_from = max(len(body) - 3, 0)  # a terminator split across reads
+            body += chunk
+            if len(body) >= 2 and body[0] == 0x2E and body[1:2] in (b"\r", b"\n"):
+                end = _terminator_end(body, 0)  # an empty body: the first line is "."
+                if end:
+                    read(end - (len(body) - len(chunk)))
+                    return b""
+            found = _BODY_END.search(body, searched_from)
+            if found is None:
+                read(len(chunk))
+                continue
+            read(found.end() - (len(body) - len(chunk)))
+            del body[found.start() + 1:]  # keep the last line's line end
+            if body[:1] == b".":
+                del body[:1]  # RFC 1939 byte-stuffing, first line
+            return bytes(body).replace(b"\n.", b"\n")  # ... and every other line
 
     def send_raw(self, data: bytes) -> None:
         """Send several already-terminated command lines in one write."""
@@ -401,13 +424,8 @@ class PopSession:
 
     def uidls(self) -> list[tuple[int, str]]:
         """Every (message number, UIDL) as the server lists them, duplicates included."""
-        connection = self._live()
-        try:
-            _, lines, _ = connection.uidl()
-        except Exception as exc:
-            raise self._fail(exc) from exc
         result = []
-        for line in lines:
+        for line in self._listing("UIDL"):
             number, _, uidl = line.partition(b" ")
             # UIDLs are printable ASCII (RFC 1939); latin-1 keeps any stray byte round-trippable.
             result.append((int(number), uidl.strip().decode("latin-1")))
@@ -415,16 +433,22 @@ class PopSession:
 
     def sizes(self) -> dict[int, int]:
         """Message number -> size in octets, from LIST."""
-        connection = self._live()
-        try:
-            _, lines, _ = connection.list()
-        except Exception as exc:
-            raise self._fail(exc) from exc
         result = {}
-        for line in lines:
+        for line in self._listing("LIST"):
             number, size = line.split()[:2]
             result[int(number)] = int(size)
         return result
+
+    def _listing(self, command: str) -> list[bytes]:
+        """The lines of a multi-line listing, read in bulk (a large mailbox lists 10,000s)."""
+        connection = self._live()
+        try:
+            connection._putcmd(command)
+            connection._getresp()
+            body = connection.read_message()
+        except Exception as exc:
+            raise self._fail(exc) from exc
+        return [line for line in body.replace(b"\r\n", b"\n").split(b"\n") if line.strip()]
 
     def retrieve(self, num: int) -> bytes:
         """The message's bytes as sent (CRLF line ends), after dot-unstuffing."""

@@ -427,3 +427,38 @@ def test_line_breaks_in_the_login_are_refused_before_connecting(fakepop, call, u
     assert (caught.value.kind, caught.value.counts_as) == ("auth", "auth")
     assert "contains a line break" in caught.value.user_message
     assert server.commands == [] and server.connections == []
+
+
+def _stuffed(body: bytes) -> bytes:
+    """A body as a POP3 server sends it: dot-stuffed, then the "." line."""
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines) + b".\r\n"
+
+
+@pytest.mark.parametrize("buffer_size", [1, 2, 3, 4, 5, 7, 64, 8192])
+def test_read_message_is_exact_whatever_the_read_boundaries(buffer_size):
+    """The terminator and stuffed dots may fall across reads; the bytes that follow stay unread."""
+    import io
+
+    bodies = [
+        as_sent(make_message(1)),
+        b"",  # an empty message: the first line is the terminator
+        b".\r\n..\r\n.x\r\n",  # dot lines only
+        b"no line end at the very end of the last line\r\n",
+        as_sent(make_message(2, body_lines=2, extra=b"x" * 5000 + b"\n.\n")),
+    ]
+    stream = b"".join(_stuffed(body) for body in bodies) + b"+OK next answer\r\n"
+    connection = object.__new__(pop3._Pop3Connection)
+    connection.file = io.BufferedReader(io.BytesIO(stream), buffer_size=buffer_size)
+
+    assert [connection.read_message() for _ in bodies] == bodies
+    assert connection.file.read() == b"+OK next answer\r\n"
+
+
+def test_read_message_accepts_bare_line_feeds_from_a_lax_server():
+    import io
+
+    connection = object.__new__(pop3._Pop3Connection)
+    connection.file = io.BufferedReader(io.BytesIO(b"a\n..b\nc\n.\nrest"), buffer_size=3)
+    assert connection.read_message() == b"a\n.b\nc\n"
+    assert connection.file.read() == b"rest"

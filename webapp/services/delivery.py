@@ -151,11 +151,14 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
             first_of[key] = index
             todo.append(index)
 
-    # The bytes go to disk while this thread parses and filters.
-    writes: dict[int, Future | str] = {}
-    if len(todo) > 1:
+    # The bytes go to disk while this thread parses and filters; in a batch, unsynced, and
+    # made durable below by one sync for all of them (before the caller's commit).
+    batch = len(todo) > 1
+    writes: dict[int, Future] = {}
+    if batch:
         pool = _blob_writers()
-        writes = {index: pool.submit(store.put, items[index].raw) for index in todo}
+        writes = {index: pool.submit(store.put, items[index].raw, durable=False)
+                  for index in todo}
     deciding = filters.DeliveryFilters(session, account.user_id) if run_filters and todo else None
     envelopes: dict[int, Envelope] = {}
     decisions: dict[int, filters.FilterDecision] = {}
@@ -166,12 +169,14 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
     digests: dict[int, str] = {}
     for index in todo:
         try:
-            pending = writes.get(index)
-            digests[index] = pending.result() if pending else store.put(items[index].raw)
+            digests[index] = writes[index].result() if batch else store.put(items[index].raw)
         except OSError as exc:
             log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
             outcomes[index] = Outcome("failed", envelope=envelopes[index], error=exc)
     todo = [index for index in todo if index in digests]
+    # The disk flush runs while the rows are written; both finish before this returns.
+    synced = _blob_writers().submit(store.sync, [digests[i] for i in todo]) if batch and todo \
+        else None
 
     charged = quota.charge_prefix(session, account.user_id, [len(items[i].raw) for i in todo])
     if charged < len(todo):
@@ -192,6 +197,8 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
         # One index job per user per transaction, however many messages a batch delivers.
         enqueue_after_commit("worker.jobs.index.index_pending", account.user_id,
                              session=session, dedupe=True)
+    if synced is not None:
+        synced.result()  # a failed flush raises: the caller's rollback drops the batch
     for index, first in later_copies.items():
         earlier = outcomes[first]
         outcomes[index] = (Outcome("duplicate", earlier.message_pk, earlier.envelope)
