@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flask import current_app
@@ -30,13 +30,11 @@ log = logging.getLogger("skydesk.delivery")
 
 # Dates outside this range are typos or spam tricks; the list sorts them by arrival instead.
 _MIN_YEAR, _FUTURE_SLACK_DAYS = 1990, 2
-# Parallel blob writers: fsync waits on the disk, not the CPU, and the disk takes several at once.
-BLOB_WRITERS = 8
 # Source keys per IN (...) list: well under every database's parameter limit.
 _KEYS_PER_QUERY = 500
 
-_writers: ThreadPoolExecutor | None = None
-_writers_lock = threading.Lock()
+_flush_thread: ThreadPoolExecutor | None = None
+_flush_lock = threading.Lock()
 
 
 class MessageTooLargeError(ValueError):
@@ -97,12 +95,13 @@ def _sort_date(envelope: Envelope, received):
     return date
 
 
-def _blob_writers() -> ThreadPoolExecutor:
-    global _writers
-    with _writers_lock:
-        if _writers is None:
-            _writers = ThreadPoolExecutor(max_workers=BLOB_WRITERS, thread_name_prefix="blob-put")
-        return _writers
+def _flusher() -> ThreadPoolExecutor:
+    """One thread that flushes batches of blobs to disk while the caller goes on."""
+    global _flush_thread
+    with _flush_lock:
+        if _flush_thread is None:
+            _flush_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-sync")
+        return _flush_thread
 
 
 def deliver(session: Session, account: MailAccount, raw: bytes, source_key: str, *,
@@ -151,32 +150,27 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
             first_of[key] = index
             todo.append(index)
 
-    # The bytes go to disk while this thread parses and filters; in a batch, unsynced, and
-    # made durable below by one sync for all of them (before the caller's commit).
+    # In a batch the bytes are written unsynced and made durable below by one sync for all
+    # of them, which runs while the rows are inserted (and always before the caller commits).
     batch = len(todo) > 1
-    writes: dict[int, Future] = {}
-    if batch:
-        pool = _blob_writers()
-        writes = {index: pool.submit(store.put, items[index].raw, durable=False)
-                  for index in todo}
     deciding = filters.DeliveryFilters(session, account.user_id) if run_filters and todo else None
     envelopes: dict[int, Envelope] = {}
     decisions: dict[int, filters.FilterDecision] = {}
-    for index in todo:
-        envelopes[index] = parse_envelope(items[index].raw)
-        decisions[index] = (deciding.decide(envelopes[index], items[index].raw) if deciding
-                            else filters.FilterDecision())
     digests: dict[int, str] = {}
     for index in todo:
+        raw = items[index].raw
         try:
-            digests[index] = writes[index].result() if batch else store.put(items[index].raw)
+            digests[index] = store.put(raw, durable=not batch)
         except OSError as exc:
             log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
-            outcomes[index] = Outcome("failed", envelope=envelopes[index], error=exc)
+            outcomes[index] = Outcome("failed", error=exc)
+            continue
+        envelopes[index] = parse_envelope(raw)
+        decisions[index] = (deciding.decide(envelopes[index], raw) if deciding
+                            else filters.FilterDecision())
     todo = [index for index in todo if index in digests]
     # The disk flush runs while the rows are written; both finish before this returns.
-    synced = _blob_writers().submit(store.sync, [digests[i] for i in todo]) if batch and todo \
-        else None
+    synced = _flusher().submit(store.sync, [digests[i] for i in todo]) if batch and todo else None
 
     charged = quota.charge_prefix(session, account.user_id, [len(items[i].raw) for i in todo])
     if charged < len(todo):
