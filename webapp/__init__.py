@@ -72,7 +72,9 @@ def _tune_sqlite(app: Flask) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it returns. POP deletes from the server only
+        # after the commit, so a commit a power cut could undo (NORMAL) would lose mail.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
 
