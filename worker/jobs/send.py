@@ -43,12 +43,12 @@ import time
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy import bindparam, case, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webapp.extensions import db
-from webapp.models import MailAccount, User
+from webapp.models import Blob, MailAccount, User
 from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
@@ -85,6 +85,7 @@ SWEEP_COPIES = 500
 _OUTGOING = OutgoingMessage.__table__
 _RECIPIENT = OutgoingRecipient.__table__
 _USER = User.__table__
+_BLOB = Blob.__table__
 
 # transport key → (open session, last use on the monotonic clock)
 _connections: dict[tuple, tuple[SmtpConnection, float]] = {}
@@ -200,25 +201,41 @@ def _transport_for(session: Session, lane: _Lane
                       relay.password), relay, ""
 
 
-def _due(now: datetime):
-    """Queued or waiting and due (a few seconds early is fine), or claimed by a dead worker."""
+def _due():
+    """Queued or waiting and due (a few seconds early is fine), or claimed by a dead worker.
+
+    Bound as ``b_now`` and ``b_soon`` (now, and now plus those few seconds).
+    """
     c = _OUTGOING.c
     return or_(c.state.in_(("queued", "retry-wait"))
-               & or_(c.next_attempt_at.is_(None),
-                     c.next_attempt_at <= now + timedelta(seconds=5)),
-               (c.state == "sending") & (c.lease_until < now))
+               & or_(c.next_attempt_at.is_(None), c.next_attempt_at <= bindparam("b_soon")),
+               (c.state == "sending") & (c.lease_until < bindparam("b_now")))
 
 
-def _claimed_values(now: datetime) -> dict:
-    return {"state": "sending", "lease_until": now + LEASE,
+def _due_at(now: datetime) -> dict:
+    return {"b_now": now, "b_soon": now + timedelta(seconds=5), "b_lease": now + LEASE}
+
+
+_CLAIMED = {"state": "sending", "lease_until": bindparam("b_lease"),
             "attempts": _OUTGOING.c.attempts + 1}
+# One statement takes the message, only if it is due and its user may send, and says whose
+# transport it needs; a job whose message a batch already sent costs this and one query.
+_CLAIM_ONE = (update(_OUTGOING)
+              .where(_OUTGOING.c.id == bindparam("b_id"), _due(),
+                     or_(_OUTGOING.c.user_id.is_(None),
+                         exists().where(_USER.c.id == _OUTGOING.c.user_id,
+                                        _USER.c.is_disabled.is_(False))))
+              .values(_CLAIMED)
+              .returning(_OUTGOING.c.org_id, _OUTGOING.c.transport, _OUTGOING.c.identity_id))
 
 
-def _claim(session: Session, outgoing_id: int, now: datetime) -> bool:
-    """Take the message for this worker: one conditional UPDATE, so two jobs never both send."""
-    return bool(session.connection().execute(
-        update(_OUTGOING).where(_OUTGOING.c.id == outgoing_id, _due(now))
-        .values(_claimed_values(now))).rowcount)
+def _claim(session: Session, outgoing_id: int, now: datetime):
+    """Take the message for this worker: one conditional UPDATE, so two jobs never both send.
+
+    Returns (org_id, transport, identity_id) if it was taken, else None.
+    """
+    return session.connection().execute(_CLAIM_ONE, {"b_id": outgoing_id, **_due_at(now)}
+                                        ).first()
 
 
 def _claim_group(session: Session, lane: _Lane, now: datetime) -> list[int]:
@@ -229,7 +246,7 @@ def _claim_group(session: Session, lane: _Lane, now: datetime) -> list[int]:
     c = _OUTGOING.c
     connection = session.connection()
     candidates = (select(c.id).select_from(_OUTGOING.outerjoin(_USER, _USER.c.id == c.user_id))
-                  .where(lane.where(), _due(now),
+                  .where(lane.where(), _due(),
                          or_(c.user_id.is_(None), _USER.c.is_disabled.is_(False)))
                   .order_by(c.id).limit(BATCH_SIZE))
     if connection.dialect.name == "postgresql":
@@ -237,8 +254,8 @@ def _claim_group(session: Session, lane: _Lane, now: datetime) -> list[int]:
         candidates = candidates.with_for_update(of=_OUTGOING, skip_locked=True)
     # The conditions again on the UPDATE: a row another worker took meanwhile is skipped.
     return sorted(connection.scalars(
-        update(_OUTGOING).where(c.id.in_(candidates.scalar_subquery()), _due(now))
-        .values(_claimed_values(now)).returning(c.id)))
+        update(_OUTGOING).where(c.id.in_(candidates.scalar_subquery()), _due())
+        .values(_CLAIMED).returning(c.id), _due_at(now)))
 
 
 @dataclasses.dataclass
@@ -315,19 +332,33 @@ def _load(session: Session, ids: list[int], with_recipients: bool = True) -> lis
     return rows
 
 
+# Built once: per message, building and keying a statement costs more than running it.
+_SAVE_RECIPIENTS = update(_RECIPIENT).where(_RECIPIENT.c.id == bindparam("b_id"))
+_SAVE_OUTGOING = update(_OUTGOING).where(_OUTGOING.c.id == bindparam("b_id"))
+# blobs.drop_reference, for many blobs in one executemany.
+_DROP_REFERENCES = (update(_BLOB).where(_BLOB.c.sha256 == bindparam("b_sha256"),
+                                        _BLOB.c.refcount > 0)
+                    .values(refcount=_BLOB.c.refcount - 1))
+
+
 def _write(session: Session, row: _Claimed) -> None:
     """Write what the attempt made of the message and its recipients (the caller commits)."""
     connection = session.connection()
     changed = [r for r in row.recipients if r.changed]
     if changed:
-        connection.execute(
-            update(_RECIPIENT).where(_RECIPIENT.c.id == bindparam("b_id")),
-            [{"b_id": r.id, "state": r.state, "code": r.code, "text": r.text,
-              "updated_at": r.updated_at} for r in changed])
+        connection.execute(_SAVE_RECIPIENTS, [
+            {"b_id": r.id, "state": r.state, "code": r.code, "text": r.text,
+             "updated_at": r.updated_at} for r in changed])
         for recipient in changed:
             recipient.changed = False
-    connection.execute(update(_OUTGOING).where(_OUTGOING.c.id == row.id)
-                       .values({name: getattr(row, name) for name in _WRITTEN}))
+    connection.execute(_SAVE_OUTGOING, {"b_id": row.id,
+                                        **{name: getattr(row, name) for name in _WRITTEN}})
+
+
+def _drop_references(session: Session, digests: list[str]) -> None:
+    """The outbox no longer needs these bytes (one reference each); the caller commits."""
+    if digests:
+        session.connection().execute(_DROP_REFERENCES, [{"b_sha256": d} for d in digests])
 
 
 def _write_failure(session: Session, outgoing_id: int, kind: str, message: str,
@@ -541,9 +572,8 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 ((c.state == "sent") & (c.last_error_kind == ""), bindparam("b_note")),
                 else_=c.last_error_message)), given_up)
     done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
-    for row, _raw in owed:
-        if row.id in done and row.state == "sent":
-            blobs.drop_reference(session, row.blob_sha256)
+    _drop_references(session, [row.blob_sha256 for row, _raw in owed
+                               if row.id in done and row.state == "sent"])
 
 
 def recover_sent_copies(session: Session, now: datetime | None = None) -> list[int]:
@@ -699,7 +729,7 @@ class _Batch:
             row.state = "sent"
             row.lease_until = None
             _write(session, row)
-            blobs.drop_reference(session, row.blob_sha256)
+            _drop_references(session, [row.blob_sha256])
             session.commit()
             self.states[row.id] = row.state
             return True, None
@@ -729,7 +759,7 @@ class _Batch:
             _write(session, row)
             if row.state == "sent" and not row.owes_sent_copy:
                 # Nothing more will be sent or filed: the outbox's copy of the bytes can go.
-                blobs.drop_reference(session, row.blob_sha256)
+                _drop_references(session, [row.blob_sha256])
             session.commit()
         except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
             log.exception("outgoing %s: unexpected failure", row.id)
@@ -786,20 +816,22 @@ def send_message(outgoing_id: int) -> str:
     Returns the state of the message the job was for.
     """
     session = db.session
-    now = utcnow()
-    c = _OUTGOING.c
-    head = session.connection().execute(
-        select(c.org_id, c.user_id, c.transport, c.identity_id).where(c.id == outgoing_id)).first()
-    if head is None:
-        return "gone"
-    org_id, user_id, transport, identity_id = head
-    if user_id is not None:
-        disabled = session.scalar(select(User.is_disabled).where(User.id == user_id))
-        if disabled is None or disabled:
-            return "user disabled"  # nothing goes out for a disabled account; Retry once enabled
-    if not _claim(session, outgoing_id, now):
+    claimed = _claim(session, outgoing_id, utcnow())
+    if claimed is None:
         session.rollback()
+        c = _OUTGOING.c
+        found = session.connection().execute(
+            select(c.user_id, _USER.c.is_disabled)
+            .select_from(_OUTGOING.outerjoin(_USER, _USER.c.id == c.user_id))
+            .where(c.id == outgoing_id)).first()
+        session.rollback()
+        if found is None:
+            return "gone"
+        user_id, disabled = found
+        if user_id is not None and disabled is not False:
+            return "user disabled"  # nothing goes out for a disabled account; Retry once enabled
         return "not due"
+    org_id, transport, identity_id = claimed
     return _Batch(session, _Lane(transport, org_id, identity_id)).run(outgoing_id)
 
 
