@@ -11,6 +11,7 @@ from tests.fixtures.smtpserver import ScriptedHandler
 from webapp.extensions import db
 from webapp.models import Blob, Folder, Message
 from webapp.models.sending import OutgoingMessage
+from webapp.queue import get_queue
 from webapp.services import blobs, outbox, sendas
 from worker.jobs.send import send_message
 
@@ -57,7 +58,11 @@ def test_one_job_sends_the_whole_queue_over_one_connection(app, user, smtp_serve
         [[f"to{n}@remote.example"] for n in range(6)]
     # The other transport's message is not this batch's: it waits for its own job.
     assert _rows([elsewhere])[0].state == "queued" and own_server.messages == []
-    # The jobs of the messages the batch sent find nothing to do.
+    # Their own jobs would find nothing to do: the batch took them out of the queue (and
+    # were one to run anyway, it would return at once).
+    queued = get_queue(outbox.SEND_QUEUE).job_ids
+    assert outbox.send_job_id(elsewhere) in queued
+    assert [outbox.send_job_id(i) for i in ids if outbox.send_job_id(i) in queued] == []
     assert [send_message(i) for i in ids[1:]] == ["not due"] * 5
     assert len(relay_server.messages) == 6
 
@@ -149,8 +154,10 @@ def test_a_relay_going_down_gives_the_rest_of_the_batch_back(app, user, smtp_ser
     rows = _rows(ids)
     assert [r.state for r in rows] == ["sent", "retry-wait", "queued", "queued"]
     assert rows[1].last_error_kind == "connect"
-    # Never tried: their attempt is not used up, and they are due at once.
+    # Never tried: their attempt is not used up, they are due at once, with a job each.
     assert [r.attempts for r in rows[2:]] == [0, 0]
+    jobs = get_queue(outbox.SEND_QUEUE).jobs
+    assert sorted(j.args for j in jobs if j.args[0] in ids) == [(ids[2],), (ids[3],)]
     assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
 
     replacement = smtp_server()

@@ -37,6 +37,15 @@ SEND_JOB = "worker.jobs.send.send_message"
 SEND_JOB_TIMEOUT = 300  # one message over one SMTP session; the claim lease is a little longer
 
 
+def send_job_id(outgoing_id: int) -> str:
+    """The RQ job id of a message's first send job.
+
+    Known in advance, so that a batch that sends the message first can take this job out
+    of the queue instead of letting a worker run it for nothing.
+    """
+    return f"send-{outgoing_id}"
+
+
 class OutboxError(ValueError):
     """A message cannot be queued; the message says why in words a user can act on."""
 
@@ -133,7 +142,7 @@ def _store_and_queue(session: Session, *, org_id: int, user_id: int | None,
     session.add(outgoing)
     session.flush()
     enqueue_after_commit(SEND_JOB, outgoing.id, queue=SEND_QUEUE, job_timeout=SEND_JOB_TIMEOUT,
-                         session=session)
+                         job_id=send_job_id(outgoing.id), session=session)
     return outgoing
 
 

@@ -43,6 +43,7 @@ import time
 from datetime import datetime, timedelta
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import bindparam, case, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -681,6 +682,8 @@ class _Batch:
             except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
                 log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
                 session.rollback()
+        # Given-back messages get new jobs (_enqueue_follow_ups): the first ones can go too.
+        self._discard_first_jobs([row.id for row in rows])
         return go_on
 
     def _check(self, rows: list[_Claimed], transport: _Transport | None,
@@ -797,6 +800,16 @@ class _Batch:
             self.session.rollback()
             return
         self.released.extend(ids)
+
+    @staticmethod
+    def _discard_first_jobs(ids: list[int]) -> None:
+        """The first jobs of messages this batch took would find nothing to do: drop them."""
+        from webapp.queue import discard_queued
+
+        try:
+            discard_queued(outbox.SEND_QUEUE, [outbox.send_job_id(i) for i in ids])
+        except RedisError as error:  # they run then, and return at once
+            log.warning("send jobs of %s not discarded: %s", ids, error)
 
     def _enqueue_follow_ups(self) -> None:
         """After every commit: the retries' delayed jobs, and new jobs for given-back messages."""
