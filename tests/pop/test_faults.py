@@ -108,24 +108,28 @@ def test_connection_dropped_after_dele_stores_once_and_deletes_next_time(fakepop
 
 def test_a_drop_in_the_middle_of_a_batch_keeps_what_was_stored_with_its_ledger(fakepop,
                                                                                fake_account):
-    """A connection lost mid-RETR on demand (here after 60 messages) needs a scripted server."""
+    """A connection lost mid-RETR on demand (in the second retrieval round) needs a scripted server."""
+    from worker.jobs.fetch import CHUNK_MESSAGES
+
+    total, drop_at = CHUNK_MESSAGES + 30, CHUNK_MESSAGES + 11
     script = FakePopScript(
-        messages=[FakeMessage(f"u{n}", make_message(n)) for n in range(80)],
-        hooks={"RETR": lambda session, argument: DROP if int(argument) == 61 else None})
+        messages=[FakeMessage(f"u{n}", make_message(n)) for n in range(total)],
+        hooks={"RETR": lambda session, argument: DROP if int(argument) == drop_at else None})
     server = fakepop(script)
-    account = fake_account(server, delete_from_server=True)
+    account = fake_account(server, delete_from_server=True, batch_size=total)
 
     first = run_batch(account.id)
 
-    assert (first.status, first.error_kind, first.stored) == ("error", "connect", 50)
-    assert db.session.scalar(select(db.func.count()).select_from(PopUidl)) == 50
-    assert db.session.scalar(select(db.func.count()).select_from(Message)) == 50
-    assert len(script.messages) == 80  # no QUIT, nothing deleted
+    # The first round was delivered whole before the drop: it stays, with its ledger rows.
+    assert (first.status, first.error_kind, first.stored) == ("error", "connect", CHUNK_MESSAGES)
+    assert db.session.scalar(select(db.func.count()).select_from(PopUidl)) == CHUNK_MESSAGES
+    assert db.session.scalar(select(db.func.count()).select_from(Message)) == CHUNK_MESSAGES
+    assert len(script.messages) == total  # no QUIT, nothing deleted
     script.hooks.clear()
     second = run_batch(account.id)
-    assert (second.status, second.stored, second.deleted) == ("done", 30, 80)
+    assert (second.status, second.stored, second.deleted) == ("done", 30, total)
     assert script.messages == []
-    assert _reload(account).messages_fetched == 80
+    assert _reload(account).messages_fetched == total
 
 
 def test_a_uidl_listed_twice_is_fetched_once_and_the_twin_never_deleted(fakepop, fake_account):

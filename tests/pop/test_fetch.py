@@ -283,3 +283,16 @@ def test_a_database_error_quarantines_the_one_message_that_causes_it(
     assert (second.status, second.stored, second.quarantined) == ("done", 2, 0)
     assert dovecot.count(pop_user[0]) == 1
     assert db.session.get(User, account.user_id).used_bytes == len(messages[0]) + len(messages[2])
+
+
+def test_retrieval_rounds_are_bounded_by_count_and_bytes():
+    """A batch of large messages is fetched a few at a time, never all in memory at once."""
+    from worker.jobs.fetch import CHUNK_BYTES, CHUNK_MESSAGES, _chunks
+
+    small = [(n, f"u{n}") for n in range(1, 2 * CHUNK_MESSAGES + 2)]
+    assert [len(c) for c in _chunks(small, {n: 100 for n, _ in small})] == [
+        CHUNK_MESSAGES, CHUNK_MESSAGES, 1]
+    big = [(n, f"u{n}") for n in range(1, 6)]
+    sizes = {n: CHUNK_BYTES // 2 for n, _ in big}
+    sizes[5] = CHUNK_BYTES * 3  # one over the bound still goes, alone
+    assert [[n for n, _ in c] for c in _chunks(big, sizes)] == [[1, 2], [3, 4], [5]]

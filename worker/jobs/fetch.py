@@ -37,9 +37,11 @@ from worker import pop3
 
 log = logging.getLogger("skydesk.fetch")
 
-# Messages per pipelined RETR round: between rounds the batch checks its time budget and
-# publishes progress, and the connection is always back in sync.
-CHUNK = 50
+# One pipelined RETR round, delivered together: at most this many messages and bytes (by
+# their LIST sizes), so memory stays bounded whatever the messages weigh. Between rounds the
+# batch checks its time budget and publishes progress, and the connection is back in sync.
+CHUNK_MESSAGES = 100
+CHUNK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -265,10 +267,9 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
         quota_full = True
     by_message_id: dict[str, int | None] = {}  # recent: Message-IDs stored in this batch
     try:
-        for start in range(0, len(batch), CHUNK):
+        for chunk in _chunks(batch, sizes):
             if quota_full or time.monotonic() - started > budget:
                 break
-            chunk = batch[start:start + CHUNK]
             uidl_of = dict(chunk)
             received = [(number, uidl_of[number], raw)
                         for number, raw in pop.retrieve_many([n for n, _ in chunk])]
@@ -364,6 +365,21 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
             pop.delete_many(doomed)
             result.deleted = len(doomed)
     pop.quit()  # DELEs take effect only now
+
+
+def _chunks(batch: list[tuple[int, str]], sizes: dict[int, int]):
+    """Split a batch into RETR rounds of at most CHUNK_MESSAGES messages and CHUNK_BYTES bytes."""
+    chunk: list[tuple[int, str]] = []
+    weight = 0
+    for number, uidl in batch:
+        size = sizes.get(number, 0)
+        if chunk and (len(chunk) >= CHUNK_MESSAGES or weight + size > CHUNK_BYTES):
+            yield chunk
+            chunk, weight = [], 0
+        chunk.append((number, uidl))
+        weight += size
+    if chunk:
+        yield chunk
 
 
 def _prepare(session, account: PopAccount, received: list[tuple[int, str, bytes]], recent: bool,
