@@ -1,14 +1,15 @@
 """The one path for every incoming message: POP fetch, hosted delivery, submission, Sent copies.
 
 `deliver_many()` stores a batch of messages for one account; `deliver()` is the same path
-for one message. For each message: the raw bytes go to the blob store (fsynced, written
-by parallel writers so the disk waits overlap), the header block is parsed for what
-listing, filters and linking need (a full parse costs several times more and is done by
-the index job), and the user's filters decide the folder. Then, for the whole batch at
-once: one query for source keys already stored, one quota charge, one blob-count upsert,
-one insert of the messages and one of their addresses. The caller commits: a crash before
-the commit leaves nothing half-done, and a retry stores each message once (the source key
-is unique per account).
+for one message. For each message: the raw bytes go to the blob store, the header block
+is parsed for what listing, filters and linking need (a full parse costs several times
+more and is done by the index job), and the user's filters decide the folder. Then, for
+the whole batch at once: one query for source keys already stored, one quota charge, one
+blob-count upsert, one insert of the messages and one of their addresses, while one
+filesystem flush makes the batch's blobs durable (a single message is fsynced on its
+own). The caller commits: a crash before the commit leaves nothing half-done (at most an
+unreferenced blob file, which garbage collection removes), and a retry stores each
+message once (the source key is unique per account).
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
                  max_bytes: int | None = None) -> list[Outcome]:
     """Store messages for the account's user, in order; one Outcome per item. The caller commits.
 
-    Nothing is written for a message that is a duplicate, too large, over quota or failed.
+    No row is written for a message that is a duplicate, too large, over quota or failed.
     A database error raises, and the caller's rollback takes the whole batch back.
     """
     config = current_app.config
