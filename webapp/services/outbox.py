@@ -18,11 +18,11 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from flask import current_app
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from webapp.models import Folder, MailAccount, Message, Organization, User
+from webapp.models import Domain, Folder, MailAccount, Message, Organization, User
 from webapp.models._types import utcnow
 from webapp.models.sending import (OrgRelay, OutgoingMessage, OutgoingRecipient, SendCounter,
                                    SendIdentity)
@@ -34,7 +34,9 @@ from webapp.services.secrets import decrypt_secret
 
 SEND_QUEUE = "send"
 SEND_JOB = "worker.jobs.send.send_message"
-SEND_JOB_TIMEOUT = 300  # one message over one SMTP session; the claim lease is a little longer
+# A job sends its message and then a batch of others (worker/jobs/send.py keeps well inside
+# this); the claim lease is a little longer.
+SEND_JOB_TIMEOUT = 300
 
 
 def send_job_id(outgoing_id: int) -> str:
@@ -94,20 +96,29 @@ def relay_settings(session: Session, org_id: int) -> RelaySettings:
 
 def hosted_domains(session: Session, org_id: int) -> set[str]:
     """The domains the organization hosts (lowercase)."""
-    org = session.get(Organization, org_id)
-    return {d.name.lower() for d in org.domains} if org is not None else set()
+    return {name.lower() for name in
+            session.scalars(select(Domain.name).where(Domain.org_id == org_id))}
 
 
 def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-def _envelope_from(relay: RelaySettings, hosted_address: str, from_email: str) -> str:
+def _envelope_policy(session: Session, org_id: int) -> tuple[str, str]:
+    """The org's envelope sender policy and fixed sender (what relay_settings would say,
+    without decrypting a password that queueing does not need)."""
+    row = session.execute(select(OrgRelay.envelope_policy, OrgRelay.envelope_sender)
+                          .where(OrgRelay.org_id == org_id)).first()
+    return (row[0], row[1]) if row is not None else ("hosted", "")
+
+
+def _envelope_from(policy: tuple[str, str], hosted_address: str, from_email: str) -> str:
     """MAIL FROM for the relay, per the organization's envelope sender policy."""
-    if relay.envelope_policy == "from" and from_email:
+    envelope_policy, envelope_sender = policy
+    if envelope_policy == "from" and from_email:
         return from_email
-    if relay.envelope_policy == "fixed" and relay.envelope_sender:
-        return relay.envelope_sender
+    if envelope_policy == "fixed" and envelope_sender:
+        return envelope_sender
     return hosted_address or from_email
 
 
@@ -122,25 +133,29 @@ def _store_and_queue(session: Session, *, org_id: int, user_id: int | None,
     if len(raw) > limit:
         raise OutboxError(f"The message is {quota.human_bytes(len(raw))}, over the "
                           f"{quota.human_bytes(limit)} limit. Remove or shrink attachments.")
-    unique: list[str] = []
+    unique: dict[str, str] = {}
     for address in recipients:
-        if address.lower() not in {u.lower() for u in unique}:
-            unique.append(address)
+        unique.setdefault(address.lower(), address)
     if not unique:
         raise OutboxError("A message needs at least one recipient.")
     store = blobs.get_store(current_app.config["BLOB_DIR"])
     digest = store.put(raw)
     # The outbox row holds its own reference: "send again" needs the bytes after the Sent
     # copy is deleted.
-    blobs.add_reference(session, digest, len(raw))
+    blobs.add_references(session, {digest: (len(raw), 1)})
+    now = utcnow()
     outgoing = OutgoingMessage(
         org_id=org_id, user_id=user_id, identity_id=identity_id, kind=kind, transport=transport,
         state="queued", message_id=message_id[:998], blob_sha256=digest, size=len(raw),
         subject=subject[:2000], from_email=from_email[:320], envelope_from=envelope_from[:320],
-        file_in_sent=file_in_sent, next_attempt_at=utcnow())
-    outgoing.recipients = [OutgoingRecipient(address=a[:320]) for a in unique]
+        file_in_sent=file_in_sent, next_attempt_at=now, created_at=now)
     session.add(outgoing)
     session.flush()
+    # One statement for the recipients; the collection loads from them when first read.
+    session.execute(insert(OutgoingRecipient.__table__), [
+        {"outgoing_id": outgoing.id, "address": address[:320], "state": "pending",
+         "text": "", "updated_at": now} for address in unique.values()])
+    session.expire(outgoing, ["recipients"])
     enqueue_after_commit(SEND_JOB, outgoing.id, queue=SEND_QUEUE, job_timeout=SEND_JOB_TIMEOUT,
                          job_id=send_job_id(outgoing.id), session=session)
     return outgoing
@@ -209,7 +224,7 @@ def queue_message(session: Session, user: User, identity_id: int | None,
     raw = compose.as_bytes(msg)
     recipients = compose.envelope_recipients(to_items, cc_items, bcc_items)
     if identity.transport == "relay":
-        envelope_from = _envelope_from(relay_settings(session, user.org_id), user.email,
+        envelope_from = _envelope_from(_envelope_policy(session, user.org_id), user.email,
                                        identity.email)
     else:
         envelope_from = identity.email
@@ -284,13 +299,13 @@ def queue_raw_submission(session: Session, user_id: int, raw: bytes, mail_from: 
                           "Settings » Send Mail As first.")
     envelope = parse_envelope(raw)
     _check_header_senders(raw, envelope, allowed_senders(session, user.id))
-    relay = relay_settings(session, user.org_id)
     return _store_and_queue(
         session, org_id=user.org_id, user_id=user.id, identity_id=identity.id,
         kind="submission", transport="relay", raw=raw,
         message_id=envelope.message_id, subject=envelope.subject,
         from_email=identity.email,
-        envelope_from=_envelope_from(relay, user.email, identity.email),
+        envelope_from=_envelope_from(_envelope_policy(session, user.org_id), user.email,
+                                     identity.email),
         recipients=list(rcpt_tos), file_in_sent=True)
 
 
