@@ -143,8 +143,8 @@ class GateAtRcpt(ScriptedHandler):
     """Holds the RCPT of one address until the test opens the gate, so a worker can be killed
     in the middle of a batch, before that message's DATA."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__()
+    def __init__(self, address: str, **script: Any) -> None:
+        super().__init__(**script)
         self.address = address
         self.reached_rcpt = threading.Event()
         self.gate = threading.Event()
@@ -167,11 +167,22 @@ def _sent_copy_keys(user) -> list[str]:
 
 def test_kill_9_in_the_middle_of_a_batch_leaves_one_copy_of_each_after_recovery(
         app, user, smtp_server, use_relay, cli_env):
+    """Issue #5: a batch killed between messages resends nothing already recorded, and no
+    Sent copy is lost, even one owed by a message whose retry is due first."""
+    from worker.jobs.send import send_message
+
     server = smtp_server()
-    gated = GateAtRcpt("to2@remote.example")
+    # The second message goes to two recipients, one of whom is busy the first time.
+    gated = GateAtRcpt("to2@remote.example", rcpt_replies={"busy@": ["450 4.2.1 Busy"]})
     server.controller.handler = server.handler = gated  # new sessions get the gated handler
     use_relay(server)
-    ids = _queue_many(user, 5)
+    ids = [outbox.queue_message(db.session, user, None, to, "", "", f"Message {n}", "Body\n",
+                                None, [], None, None).id
+           for n, to in enumerate(["to0@remote.example",
+                                   "to1@remote.example, busy@remote.example",
+                                   "to2@remote.example", "to3@remote.example",
+                                   "to4@remote.example"])]
+    db.session.commit()
 
     victim = _worker(cli_env)
     try:
@@ -182,23 +193,31 @@ def test_kill_9_in_the_middle_of_a_batch_leaves_one_copy_of_each_after_recovery(
     gated.gate.set()  # the dead worker's session now ends without DATA
 
     # One job took them all: the first two are out and recorded, the rest still claimed.
-    assert _states(ids) == ["sent", "sent", "sending", "sending", "sending"]
-    assert len(server.messages) == 2
+    assert _states(ids) == ["sent", "retry-wait", "sending", "sending", "sending"]
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"],
+                                                     ["to1@remote.example"]]
     # Sent copies are filed after each group: the second one's is still owed.
     assert _sent_copy_keys(user) == [f"sent:{ids[0]}"]
     assert recover(db.session) == [] and recover_sent_copies(db.session) == []  # leases hold
-    # Time passes: the leases of the dead worker run out.
+    # Time passes: the leases of the dead worker run out, and the retry of busy@ is due.
     db.session.execute(update(OutgoingMessage).where(OutgoingMessage.lease_until.is_not(None))
                        .values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == ids[1])
+                       .values(next_attempt_at=utcnow() - timedelta(seconds=61)))
     db.session.commit()
-    assert sweep() == 3  # requeued the claimed three, and filed the owed copy
+    # The retry waits for the copy: a new claim would forget that it is owed.
+    assert send_message(ids[1]) == "not due" and len(server.messages) == 2
+    assert sweep() == 4  # filed the owed copy, then requeued the retry and the claimed three
     assert _sent_copy_keys(user) == sorted(f"sent:{i}" for i in ids[:2])
 
     survivor = _worker(cli_env, "--burst")
     output = survivor.communicate(timeout=120)[0].decode(errors="replace")
     assert _states(ids) == ["sent"] * 5, output
     rows = [db.session.get(OutgoingMessage, i) for i in ids]
-    received = [message_from_bytes(m.data)["Message-ID"] for m in server.messages]
-    assert sorted(received) == sorted(r.message_id for r in rows)  # each exactly once
+    by_id = {r.message_id: r for r in rows}
+    received = sorted((by_id[message_from_bytes(m.data)["Message-ID"]].id, rcpt)
+                      for m in server.messages for rcpt in m.rcpt_tos)
+    # Each recipient got each message exactly once.
+    assert received == sorted((r.id, rcpt.address) for r in rows for rcpt in r.recipients)
     assert _sent_copy_keys(user) == sorted(f"sent:{i}" for i in ids)
     assert all(r.lease_until is None and r.sent_message_pk is not None for r in rows)

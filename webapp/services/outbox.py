@@ -701,7 +701,9 @@ def due_for_sweep(session: Session, now: datetime | None = None) -> list[int]:
     stale = select(OutgoingMessage.id).outerjoin(User, User.id == OutgoingMessage.user_id).where(
         or_(User.id.is_(None), User.is_disabled.is_(False)),
         ((OutgoingMessage.state.in_(("queued", "retry-wait")))
-         & (OutgoingMessage.next_attempt_at <= now - timedelta(seconds=60)))
+         & (OutgoingMessage.next_attempt_at <= now - timedelta(seconds=60))
+         # A lease here guards a Sent copy still owed: sent again once it is filed.
+         & OutgoingMessage.lease_until.is_(None))
         | ((OutgoingMessage.state == "sending") & (OutgoingMessage.lease_until < now)))
     return list(session.scalars(stale.limit(1000)))
 

@@ -28,7 +28,8 @@ with the same Message-ID.
 
 Sent copies are filed after each group, one `deliver_many` per account. Until then a sent
 message keeps its lease: a message that is no longer "sending" but still has a lease is
-owed its Sent copy, and once the lease runs out (the worker died) `sweep()` files it.
+owed its Sent copy, is not claimed again (a retry of its deferred recipients waits), and
+once the lease runs out (the worker died) `sweep()` files it.
 
 SMTP sessions are reused within a worker process (keyed by transport, closed after
 `IDLE_SECONDS` unused): connecting, STARTTLS and AUTH cost more than sending a message.
@@ -205,10 +206,12 @@ def _transport_for(session: Session, lane: _Lane
 def _due():
     """Queued or waiting and due (a few seconds early is fine), or claimed by a dead worker.
 
-    Bound as ``b_now`` and ``b_soon`` (now, and now plus those few seconds).
+    Bound as ``b_now`` and ``b_soon`` (now, and now plus those few seconds). A message
+    that still owes its Sent copy from an earlier attempt (its lease outlived "sending")
+    waits until the copy is filed: a new claim would overwrite the lease that says so.
     """
     c = _OUTGOING.c
-    return or_(c.state.in_(("queued", "retry-wait"))
+    return or_(c.state.in_(("queued", "retry-wait")) & c.lease_until.is_(None)
                & or_(c.next_attempt_at.is_(None), c.next_attempt_at <= bindparam("b_soon")),
                (c.state == "sending") & (c.lease_until < bindparam("b_now")))
 
@@ -862,8 +865,9 @@ def recover(session: Session, now: datetime | None = None) -> list[int]:
 def sweep() -> int:
     """The periodic safety net: requeue due retries and expired claims, file Sent copies
     owed by dead workers, then reschedule itself."""
-    ids = recover(db.session)
+    # Copies first: a message waiting for its copy can then be requeued by the same sweep.
     recover_sent_copies(db.session)
+    ids = recover(db.session)
     c = _OUTGOING.c
     pending = db.session.connection().scalar(
         select(c.id).where(or_(c.state.in_(("queued", "retry-wait", "sending")),
