@@ -633,9 +633,10 @@ def count_many_against_limits(session: Session, org_id: int, user_ids: Sequence[
 
     Each message is judged as if counted alone, one after the other: over the user's limit it
     is refused with the user's message, else over the org's with the org's (and then it does
-    not use up the user's count). The counters are read under a lock (FOR UPDATE; SQLite's
-    write lock is already held) and moved once per counter, so concurrent workers never
-    exceed a limit and a whole group costs a few statements. The caller commits.
+    not use up the user's count). The counters are read under a lock (FOR UPDATE; on SQLite
+    the INSERT before it has taken the database's write lock) and moved once per counter, so
+    concurrent workers never exceed a limit and a whole group costs four statements. The
+    caller commits.
     """
     today = today or utcnow().date()
     table = SendCounter.__table__
@@ -676,15 +677,6 @@ def count_many_against_limits(session: Session, org_id: int, user_ids: Sequence[
                                 table.c.day == today)
             .values(count=table.c.count + bindparam("b_taken")), moved)
     return verdicts
-
-
-def count_against_limits(session: Session, org_id: int, user_id: int | None,
-                         relay: RelaySettings, today: date | None = None) -> str | None:
-    """Count one relay message for the user and the org today; None if allowed, else why not.
-
-    A message refused by the org limit does not use up the user's.
-    """
-    return count_many_against_limits(session, org_id, [user_id], relay, today)[0]
 
 
 def sent_today(session: Session, scope: str, scope_id: int) -> int:
