@@ -102,7 +102,8 @@ class OutgoingMessage(db.Model):
     counted: Mapped[bool] = mapped_column(default=False, nullable=False)
     attempts: Mapped[int] = mapped_column(default=0, nullable=False)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # A claim ("sending") older than this was abandoned by a dead worker.
+    # A claim ("sending") older than this was abandoned by a dead worker. On a message no
+    # longer "sending", a lease means its Sent copy is still owed (filed after its group).
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error_kind: Mapped[str] = mapped_column(String(16), default="", nullable=False)
     last_error_code: Mapped[int | None] = mapped_column(nullable=True)

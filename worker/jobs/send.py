@@ -50,7 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from webapp.extensions import db
-from webapp.models import Blob, MailAccount, User
+from webapp.models import MailAccount, User
 from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
@@ -87,7 +87,6 @@ SWEEP_COPIES = 500
 _OUTGOING = OutgoingMessage.__table__
 _RECIPIENT = OutgoingRecipient.__table__
 _USER = User.__table__
-_BLOB = Blob.__table__
 
 # transport key → (open session, last use on the monotonic clock)
 _connections: dict[tuple, tuple[SmtpConnection, float]] = {}
@@ -339,10 +338,6 @@ def _load(session: Session, ids: list[int], with_recipients: bool = True) -> lis
 # Built once: per message, building and keying a statement costs more than running it.
 _SAVE_RECIPIENTS = update(_RECIPIENT).where(_RECIPIENT.c.id == bindparam("b_id"))
 _SAVE_OUTGOING = update(_OUTGOING).where(_OUTGOING.c.id == bindparam("b_id"))
-# blobs.drop_reference, for many blobs in one executemany.
-_DROP_REFERENCES = (update(_BLOB).where(_BLOB.c.sha256 == bindparam("b_sha256"),
-                                        _BLOB.c.refcount > 0)
-                    .values(refcount=_BLOB.c.refcount - 1))
 
 
 def _write(session: Session, row: _Claimed) -> None:
@@ -357,12 +352,6 @@ def _write(session: Session, row: _Claimed) -> None:
             recipient.changed = False
     connection.execute(_SAVE_OUTGOING, {"b_id": row.id,
                                         **{name: getattr(row, name) for name in _WRITTEN}})
-
-
-def _drop_references(session: Session, digests: list[str]) -> None:
-    """The outbox no longer needs these bytes (one reference each); the caller commits."""
-    if digests:
-        session.connection().execute(_DROP_REFERENCES, [{"b_sha256": d} for d in digests])
 
 
 def _write_failure(session: Session, outgoing_id: int, kind: str, message: str,
@@ -576,7 +565,7 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 ((c.state == "sent") & (c.last_error_kind == ""), bindparam("b_note")),
                 else_=c.last_error_message)), given_up)
     done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
-    _drop_references(session, [row.blob_sha256 for row, _raw in owed
+    blobs.drop_references(session, [row.blob_sha256 for row, _raw in owed
                                if row.id in done and row.state == "sent"])
 
 
@@ -735,7 +724,7 @@ class _Batch:
             row.state = "sent"
             row.lease_until = None
             _write(session, row)
-            _drop_references(session, [row.blob_sha256])
+            blobs.drop_references(session, [row.blob_sha256])
             session.commit()
             self.states[row.id] = row.state
             return True, None
@@ -765,7 +754,7 @@ class _Batch:
             _write(session, row)
             if row.state == "sent" and not row.owes_sent_copy:
                 # Nothing more will be sent or filed: the outbox's copy of the bytes can go.
-                _drop_references(session, [row.blob_sha256])
+                blobs.drop_references(session, [row.blob_sha256])
             session.commit()
         except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
             log.exception("outgoing %s: unexpected failure", row.id)
