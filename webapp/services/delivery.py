@@ -59,6 +59,7 @@ class Incoming:
     source_key: str
     folder_role: str = "inbox"
     is_read: bool = False
+    envelope: Envelope | None = None  # parse_envelope(raw), when the caller already has it
 
 
 @dataclass
@@ -166,7 +167,7 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
             log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
             outcomes[index] = Outcome("failed", error=exc)
             continue
-        envelopes[index] = parse_envelope(raw)
+        envelopes[index] = items[index].envelope or parse_envelope(raw)
         decisions[index] = (deciding.decide(envelopes[index], raw) if deciding
                             else filters.FilterDecision())
     todo = [index for index in todo if index in digests]

@@ -412,7 +412,7 @@ def _prepare(session, account: PopAccount, received: list[tuple[int, str, bytes]
             by_message_id[message_id] = None  # a later copy in this chunk is skipped too
         sender = next((a.email.lower() for a in envelope.addresses if a.role == "from"), "")
         role = "sent" if sender and sender in mine else "inbox"
-        entries.append((number, uidl, Incoming(raw, uidl, folder_role=role)))
+        entries.append((number, uidl, Incoming(raw, uidl, folder_role=role, envelope=envelope)))
     return entries
 
 
