@@ -26,6 +26,18 @@ from worker.jobs.send import recover, recover_sent_copies, sweep
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
 
 
+def _kill_at_the_gate(cli_env, gated, never_reached: str) -> None:
+    """Start a worker, kill -9 it once the gated server holds a session before DATA, then
+    let that dead session end without DATA."""
+    victim = _worker(cli_env)
+    try:
+        assert gated.reached_rcpt.wait(120), never_reached
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=30)
+    gated.gate.set()
+
+
 def _worker(cli_env, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*FLASK, "worker", "--queues", "send", "--no-scheduler", *extra],
                             cwd=PROJECT_ROOT, env=cli_env, stdout=subprocess.PIPE,
@@ -111,13 +123,7 @@ def test_kill_9_before_data_leaves_exactly_one_copy_after_recovery(app, user, sm
     use_relay(server)
     (outgoing_id,) = _queue_many(user, 1)
 
-    victim = _worker(cli_env)
-    try:
-        assert gated.reached_rcpt.wait(120), "the worker never reached RCPT"
-    finally:
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.communicate(timeout=30)
-    gated.gate.set()  # the dead worker's session now ends without DATA
+    _kill_at_the_gate(cli_env, gated, "the worker never reached RCPT")
 
     db.session.expire_all()
     row = db.session.get(OutgoingMessage, outgoing_id)
@@ -184,13 +190,7 @@ def test_kill_9_in_the_middle_of_a_batch_leaves_one_copy_of_each_after_recovery(
                                    "to4@remote.example"])]
     db.session.commit()
 
-    victim = _worker(cli_env)
-    try:
-        assert gated.reached_rcpt.wait(120), "the worker never reached the third message"
-    finally:
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.communicate(timeout=30)
-    gated.gate.set()  # the dead worker's session now ends without DATA
+    _kill_at_the_gate(cli_env, gated, "the worker never reached the third message")
 
     # One job took them all: the first two are out and recorded, the rest still claimed.
     assert _states(ids) == ["sent", "retry-wait", "sending", "sending", "sending"]
