@@ -1,6 +1,7 @@
 """Migrations: one head, and the migrated schema is exactly what the models declare."""
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -49,4 +50,30 @@ def test_downgrade_to_base_and_up_again(app, tmp_path):
         upgrade()
         downgrade(revision="base")
         upgrade()
+        db.engine.dispose()
+
+
+def test_downgrade_refuses_while_messages_are_packed(app, tmp_path, capsys):
+    """0009's downgrade would strand packed bytes: it stops and names the command to run."""
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+
+    from webapp import create_app
+
+    scratch = create_app({"INSTANCE_PATH": str(tmp_path)},
+                         environ={"SKYDESK_ENV": "test",
+                                  "DATABASE_URL": f"sqlite:///{tmp_path / 'scratch.db'}"})
+    with scratch.app_context():
+        upgrade()
+        db.session.execute(text("INSERT INTO blob (sha256, size, refcount, created_at, pack, "
+                                "pack_offset) VALUES (:s, 3, 1, CURRENT_TIMESTAMP, :p, 0)"),
+                           {"s": "a" * 64, "p": "ab/" + "c" * 32})
+        db.session.commit()
+        with pytest.raises(SystemExit):  # Flask-Migrate logs the error and exits
+            downgrade(revision="0008")
+        assert "run `flask --app wsgi blobs gc --unpack` before downgrading" in capsys.readouterr().err
+        db.session.execute(text("DELETE FROM blob"))
+        db.session.commit()
+        downgrade(revision="0008")
+        db.session.remove()
         db.engine.dispose()

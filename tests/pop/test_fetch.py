@@ -11,6 +11,7 @@ from webapp.extensions import db
 from webapp.models import Folder, Message, User
 from webapp.models.pop import PopAccount, PopFetchRun, PopUidl
 from webapp.queue import get_queue
+from webapp.services import blobs
 from webapp.services.pop_accounts import probe_server, release_quarantine, update_pop_account
 from worker.jobs.fetch import fetch_account, run_batch
 
@@ -209,10 +210,12 @@ def test_a_message_that_cannot_be_stored_is_quarantined_and_never_deleted(
         pop_app, dovecot, pop_user, make_pop):
     messages = [make_message(n) for n in range(3)]
     # The blob folder of message 1 is a file: its bytes cannot be written (a real OSError).
+    # So is the packs folder, so the batch falls back to a file per message.
     digest = sha256(messages[1])
     blocker = Path(pop_app.config["BLOB_DIR"]) / digest[:2] / digest[2:4]
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where a blob folder should be")
+    (Path(pop_app.config["BLOB_DIR"]) / blobs.PACK_FOLDER).write_text("not a folder")
     dovecot.seed(pop_user[0], messages)
     account = make_pop(pop_user, delete_from_server=True)
 

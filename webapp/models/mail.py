@@ -63,6 +63,10 @@ class Blob(db.Model):
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     refcount: Mapped[int] = mapped_column(default=0, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
+    # Where the bytes are: a file of its own (both None), or ``size`` bytes at ``pack_offset``
+    # of a pack file that holds a delivered batch (blobs.LocalBlobStore.write_pack).
+    pack: Mapped[str | None] = mapped_column(String(80), index=True)
+    pack_offset: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Message(db.Model):

@@ -6,19 +6,30 @@ Reference counts live in the database (`Blob` rows) and change in the same trans
 as the messages that use them; files are written before that transaction commits, so a
 crash can leave an unreferenced file (swept by `collect_garbage`) but never a row
 without its bytes.
+
+A single message is a file of its own. A delivered batch (a POP round, Sent copies) is
+one pack file: the messages one after another, written and fsynced once, each located
+by the pack and offset on its `Blob` row. A file per message costs a create, a rename
+and folder updates each, several times what the bytes cost; a pack costs one of each
+per batch. `get()` and `open()` read both kinds by hash, and check a packed blob's hash.
+Packs whose messages are all deleted are removed by `collect_garbage`, and packs left
+mostly empty are rewritten as files of their own (`compact`).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import os
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from webapp.models import Blob
@@ -29,6 +40,9 @@ class BlobStore(Protocol):
     """What every blob store offers."""
 
     def put(self, data: bytes, *, durable: bool = True) -> str: ...
+    def write_pack(self, raws: list[bytes], *,
+                   durable: bool = True) -> tuple[str, list[tuple[str, int]]]: ...
+    def sync_pack(self, pack: str) -> None: ...
     def sync(self, digests: list[str]) -> None: ...
     def get(self, sha256: str) -> bytes: ...
     def open(self, sha256: str) -> BinaryIO: ...
@@ -69,11 +83,22 @@ def _check_hash(sha256: str) -> str:
     return sha256
 
 
-class LocalBlobStore:
-    """Blobs as files under a root folder: ab/cd/abcdef…, written atomically and fsynced."""
+# Where a packed blob is, by hash: (pack, offset, size), or None when it is not packed.
+Locator = Callable[[str], "tuple[str, int, int] | None"]
 
-    def __init__(self, root: str | os.PathLike):
+PACK_FOLDER = "packs"
+
+
+class LocalBlobStore:
+    """Blobs under a root folder: files ab/cd/abcdef…, and packs/ab/<name>.pack.
+
+    Files are written atomically and fsynced; packs are written once, fsynced, never
+    changed. ``locate`` finds a packed blob by hash (the database's `Blob` row).
+    """
+
+    def __init__(self, root: str | os.PathLike, locate: Locator | None = None):
         self.root = Path(root)
+        self.locate = locate
 
     def _path(self, sha256: str) -> Path:
         _check_hash(sha256)
@@ -89,8 +114,11 @@ class LocalBlobStore:
         path = self._path(digest)
         if self._intact(path, digest, len(data)):
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:  # the first blob of its fan-out folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -140,13 +168,79 @@ class LocalBlobStore:
         for folder in folders:
             _fsync_path(folder)
 
+    def pack_path(self, pack: str) -> Path:
+        """The file of a pack name (``ab/<32 hex>``)."""
+        folder, _, name = pack.partition("/")
+        if (len(folder) != 2 or len(name) != 32
+                or any(c not in "0123456789abcdef" for c in folder + name)):
+            raise ValueError("not a pack name")
+        return self.root / PACK_FOLDER / folder / f"{name}.pack"
+
+    def write_pack(self, raws: list[bytes], *,
+                   durable: bool = True) -> tuple[str, list[tuple[str, int]]]:
+        """Write messages one after another into a new pack file.
+
+        Returns the pack's name and each message's (SHA-256, offset), in order. The file
+        and its folder entry are fsynced before this returns, or with ``durable=False`` by
+        ``sync_pack()``, which the caller runs before committing anything that references
+        the pack. Until a commit does, the pack is an orphan that `collect_garbage` removes.
+        """
+        name = uuid.uuid4().hex
+        pack = f"{name[:2]}/{name}"
+        path = self.pack_path(pack)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the first pack of its fan-out folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        located: list[tuple[str, int]] = []
+        offset = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for raw in raws:
+                    located.append((hashlib.sha256(raw).hexdigest(), offset))
+                    handle.write(raw)
+                    offset += len(raw)
+            if durable:
+                self.sync_pack(pack)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return pack, located
+
+    def sync_pack(self, pack: str) -> None:
+        """Make a pack written with ``durable=False`` durable: its bytes and folder entries."""
+        path = self.pack_path(pack)
+        _fsync_path(path)
+        for folder in (path.parent, path.parent.parent):
+            _fsync_path(folder)
+
+    def read_packed(self, sha256: str, pack: str, offset: int, size: int) -> bytes:
+        """A packed blob's bytes, checked against its hash."""
+        try:
+            with open(self.pack_path(pack), "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size)
+        except FileNotFoundError:
+            raise BlobMissingError(sha256) from None
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise BlobMissingError(f"{sha256}: pack {pack} does not hold these bytes")
+        return data
+
     def get(self, sha256: str) -> bytes:
         """The stored bytes, exactly as put."""
         with self.open(sha256) as handle:
             return handle.read()
 
     def open(self, sha256: str) -> BinaryIO:
-        """A binary file object of the stored bytes (close it)."""
+        """A binary file object of the stored bytes (close it).
+
+        A packed blob is read from its pack even when a file of the same hash exists: such
+        a file is a leftover of a delivery that never committed, and may be short.
+        """
+        where = self.locate(sha256) if self.locate else None
+        if where is not None:
+            return io.BytesIO(self.read_packed(sha256, *where))
         try:
             return open(self._path(sha256), "rb")
         except FileNotFoundError:
@@ -154,10 +248,13 @@ class LocalBlobStore:
 
     def exists(self, sha256: str) -> bool:
         """Whether the store holds this blob."""
+        where = self.locate(sha256) if self.locate else None
+        if where is not None:
+            return self.pack_path(where[0]).exists()
         return self._path(sha256).exists()
 
     def delete(self, sha256: str) -> None:
-        """Remove a blob (no error if it is already gone)."""
+        """Remove a blob's own file (no error if it is already gone; packs go whole)."""
         self._path(sha256).unlink(missing_ok=True)
 
     def mtime(self, sha256: str) -> float:
@@ -165,15 +262,29 @@ class LocalBlobStore:
         return self._path(sha256).stat().st_mtime
 
     def iter_hashes(self):
-        """Every stored hash (for garbage collection)."""
+        """Every hash stored as a file of its own (for garbage collection)."""
         for path in self.root.glob("??/??/*"):
             if not path.name.startswith(".tmp-"):
                 yield path.name
 
+    def iter_packs(self):
+        """Every pack: (name, size in bytes, mtime)."""
+        for path in self.root.glob(f"{PACK_FOLDER}/??/*.pack"):
+            stat = path.stat()
+            yield f"{path.parent.name}/{path.stem}", stat.st_size, stat.st_mtime
+
+
+def _locate_in_database(sha256: str) -> tuple[str, int, int] | None:
+    from webapp.extensions import db
+
+    row = db.session.execute(select(Blob.pack, Blob.pack_offset, Blob.size)
+                             .where(Blob.sha256 == sha256)).first()
+    return (row.pack, row.pack_offset, row.size) if row and row.pack else None
+
 
 def get_store(blob_dir: str) -> LocalBlobStore:
-    """The configured store (local files under BLOB_DIR)."""
-    return LocalBlobStore(blob_dir)
+    """The configured store (local files under BLOB_DIR; packs located by `Blob` rows)."""
+    return LocalBlobStore(blob_dir, locate=_locate_in_database)
 
 
 def add_reference(session: Session, sha256: str, size: int) -> None:
@@ -185,10 +296,17 @@ def add_reference(session: Session, sha256: str, size: int) -> None:
         session.flush()
 
 
-def add_references(session: Session, uses: dict[str, tuple[int, int]]) -> None:
-    """Count uses of many blobs at once: ``{sha256: (size, uses)}``, one upsert statement."""
+def add_references(session: Session, uses: dict[str, tuple[int, int]],
+                   packed: tuple[str, dict[str, int]] | None = None) -> None:
+    """Count uses of many blobs at once: ``{sha256: (size, uses)}``, one upsert statement.
+
+    ``packed`` is (pack, {sha256: offset}) when the bytes were written to a pack: a new
+    row records where they are; a blob stored before keeps its place (this copy in the
+    pack is never read, and goes with the pack).
+    """
     if not uses:
         return
+    pack, offsets = packed or (None, {})
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert
@@ -199,14 +317,16 @@ def add_references(session: Session, uses: dict[str, tuple[int, int]]) -> None:
             for _ in range(count):
                 add_reference(session, digest, size)
         return
-    statement = upsert(Blob)
+    table = Blob.__table__  # Core: the ORM's bulk path costs more than the statement
+    statement = upsert(table)
     statement = statement.on_conflict_do_update(
-        index_elements=[Blob.sha256],
-        set_={"refcount": Blob.refcount + statement.excluded.refcount})
+        index_elements=[table.c.sha256],
+        set_={"refcount": table.c.refcount + statement.excluded.refcount})
     now = utcnow()
     # Sorted, so two batches sharing blobs lock their rows in the same order.
     session.execute(statement, [{"sha256": digest, "size": size, "refcount": count,
-                                 "created_at": now}
+                                 "created_at": now, "pack": pack if digest in offsets else None,
+                                 "pack_offset": offsets.get(digest)}
                                 for digest, (size, count) in sorted(uses.items())])
 
 
@@ -228,23 +348,56 @@ def drop_references(session: Session, digests: list[str]) -> None:
         session.connection().execute(_DROP_REFERENCE, [{"b_sha256": d} for d in digests])
 
 
-def collect_garbage(session: Session, store: LocalBlobStore, orphan_age: float = 3600) -> int:
-    """Delete blobs no message uses (rows at zero, and old files without rows); return how many.
+def collect_garbage(session: Session, store: LocalBlobStore, orphan_age: float = 3600,
+                    sparse: float = 0.5) -> int:
+    """Delete blobs no message uses; return how many files were removed.
 
-    A file without a row may belong to a delivery that has not committed yet, so only
-    files older than ``orphan_age`` seconds are taken.
+    Rows at zero go, with their own files. Files and packs without a row are taken only
+    when older than ``orphan_age`` seconds (they may belong to a delivery that has not
+    committed yet). A pack whose live messages fill less than ``sparse`` of it is
+    compacted: its live messages become files of their own, then the pack goes.
     """
     removed = 0
     for blob in session.scalars(select(Blob).where(Blob.refcount <= 0)).all():
         session.delete(blob)
         session.flush()
-        store.delete(blob.sha256)
-        removed += 1
+        if blob.pack is None:
+            store.delete(blob.sha256)
+            removed += 1
     session.commit()
-    known = set(session.scalars(select(Blob.sha256)))
+    known = set(session.scalars(select(Blob.sha256).where(Blob.pack.is_(None))))
     cutoff = time.time() - orphan_age
     for digest in list(store.iter_hashes()):
         if digest not in known and store.mtime(digest) < cutoff:
             store.delete(digest)
             removed += 1
+    live = dict(session.execute(select(Blob.pack, func.sum(Blob.size))
+                                .where(Blob.pack.is_not(None)).group_by(Blob.pack)).all())
+    for pack, size, mtime in list(store.iter_packs()):
+        if pack not in live:
+            if mtime < cutoff:
+                store.pack_path(pack).unlink(missing_ok=True)
+                removed += 1
+        elif live[pack] < sparse * size:
+            compact(session, store, pack)
+            removed += 1
     return removed
+
+
+def compact(session: Session, store: LocalBlobStore, pack: str) -> int:
+    """Move a pack's live messages into files of their own, then remove the pack.
+
+    Each file is durable before the commit that points its row at it, so a crash leaves
+    either the old place or the new one whole. Returns how many messages moved.
+    """
+    rows = session.execute(select(Blob.sha256, Blob.pack_offset, Blob.size)
+                           .where(Blob.pack == pack)).all()
+    if not rows:
+        return 0  # no row points here (yet): an orphan is collect_garbage's, by its age
+    for digest, offset, size in rows:
+        data = store.read_packed(digest, pack, offset, size)
+        store.put(data)
+    session.execute(update(Blob).where(Blob.pack == pack).values(pack=None, pack_offset=None))
+    session.commit()
+    store.pack_path(pack).unlink(missing_ok=True)
+    return len(rows)

@@ -5,17 +5,17 @@ for one message. For each message: the raw bytes go to the blob store, the heade
 is parsed for what listing, filters and linking need (a full parse costs several times
 more and is done by the index job), and the user's filters decide the folder. Then, for
 the whole batch at once: one query for source keys already stored, one quota charge, one
-blob-count upsert, one insert of the messages and one of their addresses, while one
-filesystem flush makes the batch's blobs durable (a single message is fsynced on its
-own). The caller commits: a crash before the commit leaves nothing half-done (at most an
-unreferenced blob file, which garbage collection removes), and a retry stores each
-message once (the source key is unique per account).
+blob-count upsert, one insert of the messages and one of their addresses, while the
+batch's bytes are written to one pack file and flushed in the background (a single
+message is a file of its own, fsynced). The caller commits: a crash before the commit
+leaves nothing half-done (at most an unreferenced pack or file, which garbage collection
+removes), and a retry stores each message once (the source key is unique per account).
 """
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flask import current_app
@@ -34,8 +34,8 @@ _MIN_YEAR, _FUTURE_SLACK_DAYS = 1990, 2
 # Source keys per IN (...) list: well under every database's parameter limit.
 _KEYS_PER_QUERY = 500
 
-_flush_thread: ThreadPoolExecutor | None = None
-_flush_lock = threading.Lock()
+_threads: dict[str, ThreadPoolExecutor] = {}
+_threads_lock = threading.Lock()
 
 
 class MessageTooLargeError(ValueError):
@@ -97,13 +97,77 @@ def _sort_date(envelope: Envelope, received):
     return date
 
 
-def _flusher() -> ThreadPoolExecutor:
-    """One thread that flushes batches of blobs to disk while the caller goes on."""
-    global _flush_thread
-    with _flush_lock:
-        if _flush_thread is None:
-            _flush_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-sync")
-        return _flush_thread
+def _thread(name: str) -> ThreadPoolExecutor:
+    """A process-wide background thread: "blob-write" writes batches, "blob-sync" flushes them.
+
+    Two threads, so that a batch's bytes are written while the previous batch is flushed.
+    """
+    with _threads_lock:
+        if name not in _threads:
+            _threads[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        return _threads[name]
+
+
+def wait_durable(pending: list[Future]) -> None:
+    """Wait for the flushes ``deliver_many(..., pending_syncs=pending)`` left running.
+
+    Call it before the commit that makes those messages visible; a failed flush raises,
+    and the caller's rollback drops the batch.
+    """
+    while pending:
+        pending.pop(0).result()
+
+
+def _flush(durable: Future, flush, *args) -> None:
+    try:
+        flush(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+        durable.set_exception(exc)
+    else:
+        durable.set_result(None)
+
+
+@dataclass
+class _Written:
+    """Where a batch's bytes went: one digest (or OSError) per message, and the pack if any."""
+
+    digests: list[str | OSError]
+    pack: str | None = None
+    offsets: dict[str, int] | None = None
+
+
+def _write_batch(store: blobs.BlobStore, raws: list[bytes], written: Future,
+                 durable: Future) -> None:
+    """Write a batch's bytes: one pack, or failing that a file each; then have them flushed.
+
+    ``written`` gets where every message went as soon as the bytes are written, so the
+    caller can go on to the rows; ``durable`` is set once the flush (on the "blob-sync"
+    thread) is done. An unexpected error reaches both. The fallback keeps one message's
+    bad bytes or path from failing the others.
+    """
+    try:
+        try:
+            pack, located = store.write_pack(raws, durable=False)
+        except OSError as exc:
+            log.warning("pack not written (%s); storing the batch a file per message", exc)
+            results: list[str | OSError] = []
+            for raw in raws:
+                try:
+                    results.append(store.put(raw, durable=False))
+                except OSError as error:
+                    results.append(error)
+            outcome = _Written(results)
+            flush = (store.sync, [digest for digest in results if isinstance(digest, str)])
+        else:
+            outcome = _Written([digest for digest, _ in located], pack,
+                               {digest: offset for digest, offset in reversed(located)})
+            flush = (store.sync_pack, pack)
+    except BaseException as exc:
+        written.set_exception(exc)
+        durable.set_exception(exc)
+        raise
+    written.set_result(outcome)
+    _thread("blob-sync").submit(_flush, durable, *flush)
 
 
 def deliver(session: Session, account: MailAccount, raw: bytes, source_key: str, *,
@@ -124,8 +188,13 @@ def deliver(session: Session, account: MailAccount, raw: bytes, source_key: str,
 
 def deliver_many(session: Session, account: MailAccount, items: list[Incoming], *,
                  run_filters: bool = True, store: blobs.BlobStore | None = None,
-                 max_bytes: int | None = None) -> list[Outcome]:
+                 max_bytes: int | None = None,
+                 pending_syncs: list[Future] | None = None) -> list[Outcome]:
     """Store messages for the account's user, in order; one Outcome per item. The caller commits.
+
+    A batch's bytes are durable when this returns, unless ``pending_syncs`` is given: the
+    flush is then appended to it, and the caller must call ``wait_durable(pending_syncs)``
+    before it commits (a caller that commits several batches at once overlaps their flushes).
 
     No row is written for a message that is a duplicate, too large, over quota or failed.
     A database error raises, and the caller's rollback takes the whole batch back.
@@ -152,27 +221,45 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
             first_of[key] = index
             todo.append(index)
 
-    # In a batch the bytes are written unsynced and made durable below by one sync for all
-    # of them, which runs while the rows are inserted (and always before the caller commits).
+    # In a batch, a background thread writes the bytes (one pack) and another flushes them,
+    # while this thread parses headers, runs filters and writes the rows; every write is
+    # known before the rows, and the flush ends before the caller commits (before this
+    # returns, or in wait_durable). A single message is written and fsynced here.
     batch = len(todo) > 1
     deciding = filters.DeliveryFilters(session, account.user_id) if run_filters and todo else None
     envelopes: dict[int, Envelope] = {}
     decisions: dict[int, filters.FilterDecision] = {}
     digests: dict[int, str] = {}
+    written: Future | None = None
+    durable: Future | None = None
+    if batch:
+        written, durable = Future(), Future()
+        _thread("blob-write").submit(_write_batch, store, [items[i].raw for i in todo], written,
+                                     durable)
     for index in todo:
-        raw = items[index].raw
-        try:
-            digests[index] = store.put(raw, durable=not batch)
-        except OSError as exc:
-            log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
-            outcomes[index] = Outcome("failed", error=exc)
-            continue
-        envelopes[index] = items[index].envelope or parse_envelope(raw)
-        decisions[index] = (deciding.decide(envelopes[index], raw) if deciding
+        if not batch:
+            try:
+                digests[index] = store.put(items[index].raw)
+            except OSError as exc:
+                log.warning("account %s: message %s not stored: %s", account.id, keys[index], exc)
+                outcomes[index] = Outcome("failed", error=exc)
+                continue
+        envelopes[index] = items[index].envelope or parse_envelope(items[index].raw)
+        decisions[index] = (deciding.decide(envelopes[index], items[index].raw) if deciding
                             else filters.FilterDecision())
+    packed = None
+    if written is not None:
+        result = written.result()
+        if result.pack is not None:
+            packed = (result.pack, result.offsets)
+        for index, digest in zip(todo, result.digests):
+            if isinstance(digest, OSError):
+                log.warning("account %s: message %s not stored: %s", account.id, keys[index],
+                            digest)
+                outcomes[index] = Outcome("failed", error=digest)
+            else:
+                digests[index] = digest
     todo = [index for index in todo if index in digests]
-    # The disk flush runs while the rows are written; both finish before this returns.
-    synced = _flusher().submit(store.sync, [digests[i] for i in todo]) if batch and todo else None
 
     charged = quota.charge_prefix(session, account.user_id, [len(items[i].raw) for i in todo])
     if charged < len(todo):
@@ -183,7 +270,7 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
         todo = todo[:charged]
 
     if todo:
-        pks = _insert(session, account, items, todo, keys, envelopes, decisions, digests)
+        pks = _insert(session, account, items, todo, keys, envelopes, decisions, digests, packed)
         for index, pk in zip(todo, pks):
             outcomes[index] = Outcome("stored", pk, envelopes[index])
             if decisions[index].filter_id is not None:
@@ -193,8 +280,11 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
         # One index job per user per transaction, however many messages a batch delivers.
         enqueue_after_commit("worker.jobs.index.index_pending", account.user_id,
                              session=session, dedupe=True)
-    if synced is not None:
-        synced.result()  # a failed flush raises: the caller's rollback drops the batch
+    if durable is not None:
+        if pending_syncs is not None:
+            pending_syncs.append(durable)  # the caller waits (wait_durable) before committing
+        else:
+            durable.result()  # a failed flush raises: the caller's rollback drops the batch
     for index, first in later_copies.items():
         earlier = outcomes[first]
         outcomes[index] = (Outcome("duplicate", earlier.message_pk, earlier.envelope)
@@ -214,14 +304,15 @@ def _stored_keys(session: Session, account_id: int, keys: list[str]) -> dict[str
 
 def _insert(session: Session, account: MailAccount, items: list[Incoming], todo: list[int],
             keys: list[str], envelopes: dict[int, Envelope],
-            decisions: dict[int, filters.FilterDecision], digests: dict[int, str]) -> list[int]:
+            decisions: dict[int, filters.FilterDecision], digests: dict[int, str],
+            packed: tuple[str, dict[str, int]] | None) -> list[int]:
     """The batch's blob counts, messages and addresses: three statements; the new ids in order."""
     user_id = account.user_id
     uses: dict[str, tuple[int, int]] = {}
     for index in todo:
         size, count = uses.get(digests[index], (len(items[index].raw), 0))
         uses[digests[index]] = (size, count + 1)
-    blobs.add_references(session, uses)
+    blobs.add_references(session, uses, packed)
 
     roles = {items[index].folder_role for index in todo}
     folder_ids = dict(session.execute(select(Folder.role, Folder.id).where(
@@ -250,12 +341,21 @@ def _insert(session: Session, account: MailAccount, items: list[Incoming], todo:
             "is_read": item.is_read or decision.is_read, "is_flagged": decision.is_flagged,
             "has_attachments": envelope.has_attachments,
             "parse_defects": "\n".join(envelope.parse_defects)[:4000], "indexed": False})
-    pks = list(session.scalars(insert(Message).returning(Message.id, sort_by_parameter_order=True),
-                               rows))
+    # Plain executemany, then the new ids by source key (unique per account): RETURNING in
+    # parameter order makes SQLite run one INSERT per row.
+    session.execute(_INSERT_MESSAGES, rows)
+    new_ids = _stored_keys(session, account.id, [keys[index] for index in todo])
+    pks = [new_ids[keys[index]] for index in todo]
     addresses = [
         {"message_pk": pk, "user_id": user_id, "role": a.role, "email": a.email[:320],
          "name": a.name[:320], "ambiguous": a.ambiguous}
         for index, pk in zip(todo, pks) for a in envelopes[index].addresses if a.email]
     if addresses:
-        session.execute(insert(MessageAddress), addresses)
+        session.execute(_INSERT_ADDRESSES, addresses)
     return pks
+
+
+# Core statements on the tables: the ORM's bulk insert inspects every row's keys and costs
+# more than the database does. Rows carry every column the tables require.
+_INSERT_MESSAGES = insert(Message.__table__)
+_INSERT_ADDRESSES = insert(MessageAddress.__table__)
