@@ -392,8 +392,28 @@ def _header(headers: Message, name: str) -> str | None:
     return str(value)
 
 
+class _HeaderIndex:
+    """A parsed header block by lower-case name: Message.get() scans every header per call."""
+
+    def __init__(self, headers: Message):
+        self.fields: dict[str, list] = {}
+        for name, value in headers.items():
+            self.fields.setdefault(name.lower(), []).append(value)
+
+    def get(self, name: str):
+        values = self.fields.get(name)
+        return values[0] if values else None
+
+    def get_all(self, name: str):
+        return self.fields.get(name)
+
+
 def _envelope_from_headers(raw: bytes, headers: Message, defects: _Defects) -> Envelope:
     """Build the Envelope from already-parsed headers."""
+    try:
+        headers = _HeaderIndex(headers)
+    except Exception:  # noqa: BLE001 - odd values: read them one by one, as _header() does
+        pass
     envelope = Envelope(size=len(raw))
     subject = _header(headers, "subject")
     if subject is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from webapp.models._types import utcnow
 from webapp.models.pop import PopAccount, PopFetchRun, PopUidl
 from webapp.queue import enqueue_now, get_redis
 from webapp.services import quota
-from webapp.services.delivery import Incoming, deliver_many
+from webapp.services.delivery import Incoming, deliver_many, wait_durable
 from webapp.services.mime import parse_envelope
 from webapp.services.pop_accounts import (FETCH_JOB, lock_key, mark_failure, own_addresses,
                                           pop_setting, progress_key, queued_key)
@@ -38,8 +39,8 @@ from worker import pop3
 log = logging.getLogger("skydesk.fetch")
 
 # One pipelined RETR round, delivered together: at most this many messages and bytes (by
-# their LIST sizes), so memory stays bounded whatever the messages weigh. Between rounds the
-# batch checks its time budget and publishes progress, and the connection is back in sync.
+# their LIST sizes), so memory stays bounded whatever the messages weigh. No round starts
+# past the batch's time budget; progress is published after each round is stored.
 CHUNK_MESSAGES = 100
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -266,18 +267,18 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
     if batch and not quota.has_room(session, owner.id, sizes.get(batch[0][0], 1)):
         quota_full = True
     by_message_id: dict[str, int | None] = {}  # recent: Message-IDs stored in this batch
+    poisoned = False
+    flushing: list = []  # the rounds' blob flushes, all done before the batch's commit
+    rounds = _Prefetch(pop, [] if quota_full else list(_chunks(batch, sizes)),
+                       deadline=started + budget)
     try:
-        for chunk in _chunks(batch, sizes):
-            if quota_full or time.monotonic() - started > budget:
-                break
-            uidl_of = dict(chunk)
-            received = [(number, uidl_of[number], raw)
-                        for number, raw in pop.retrieve_many([n for n, _ in chunk])]
+        for received in rounds:
             entries = _prepare(session, account, received, recent, mine, by_message_id, result)
             try:
                 outcomes = deliver_many(session, mail_account, [item for _, _, item in entries],
-                                        max_bytes=limit)
+                                        max_bytes=limit, pending_syncs=flushing)
             except Exception as exc:  # noqa: BLE001 - a database error: find the message
+                flushing.clear()  # rolled back below: what they flush is no longer referenced
                 poison = _find_poison(session, mail_account, entries, limit, exc)
                 # The rollback took this batch's work back: record only the quarantine, and
                 # let the next batch fetch the others again (nothing is deleted now).
@@ -290,8 +291,8 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
                 result.skipped = 0
                 result.left = len(wanted) - 1
                 result.status = "more" if result.left else "done"
-                pop.quit()
-                return
+                poisoned = True
+                break
             for (number, uidl, item), outcome in zip(entries, outcomes):
                 if outcome.status == "quota":
                     quota_full = True
@@ -323,14 +324,23 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
             _publish(result, base_fetched, result.stored / elapsed)
             if progress:
                 progress(result)
+            if quota_full:
+                break
     except pop3.PopError:
         # What was delivered before the failure is committed by the caller: with its ledger rows.
+        rounds.close()
+        wait_durable(flushing)
         if stored_rows:
-            session.execute(insert(PopUidl), stored_rows)
+            session.execute(insert(PopUidl.__table__), stored_rows)
         raise
+    finally:
+        rounds.close()  # the connection is in sync again (a round being read is read whole)
+    if poisoned:
+        pop.quit()
+        return
 
     if stored_rows:
-        session.execute(insert(PopUidl), stored_rows)
+        session.execute(insert(PopUidl.__table__), stored_rows)
     elapsed = max(time.monotonic() - started, 1e-6)
     now = utcnow()
     account.server_messages = result.on_server
@@ -356,7 +366,9 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
         account.next_fetch_at = now
     else:
         account.next_fetch_at = now + timedelta(seconds=account.interval_seconds)
-    # The commit that makes the batch durable: messages, ledger rows and counters together.
+    # The commit that makes the batch durable: messages, ledger rows and counters together,
+    # after the bytes they reference.
+    wait_durable(flushing)
     session.commit()
 
     if delete_mode:
@@ -365,6 +377,63 @@ def _fetch_in_session(pop: pop3.PopSession, account: PopAccount, owner: User,
             pop.delete_many(doomed)
             result.deleted = len(doomed)
     pop.quit()  # DELEs take effect only now
+
+
+class _Prefetch:
+    """The RETR rounds of a batch, read by a thread one round ahead of the one being stored.
+
+    While a round's messages are written and committed, the next round crosses the
+    network, so the server's and the disk's time overlap instead of adding up. Iterating
+    yields each round as ``[(number, uidl, raw), …]`` and raises the reader's error (a
+    PopError) in its place. ``close()`` stops the reader after the round it is reading,
+    which it reads whole, so the connection is in sync for DELE and QUIT; at most two
+    rounds are held in memory besides the one being stored.
+    """
+
+    def __init__(self, pop: pop3.PopSession, chunks: list[list[tuple[int, str]]],
+                 deadline: float):
+        self._rounds: queue.Queue = queue.Queue(maxsize=1)
+        self._stopped = threading.Event()
+        self._deadline = deadline
+        self._thread = threading.Thread(target=self._read, args=(pop, chunks), daemon=True,
+                                        name="pop-prefetch")
+        self._thread.start()
+
+    def _read(self, pop: pop3.PopSession, chunks: list[list[tuple[int, str]]]) -> None:
+        try:
+            for chunk in chunks:
+                # Past the batch's time budget no new round starts: the rest is the next batch's.
+                if self._stopped.is_set() or time.monotonic() > self._deadline:
+                    break
+                uidl_of = dict(chunk)
+                received = [(number, uidl_of[number], raw)
+                            for number, raw in pop.retrieve_many([n for n, _ in chunk])]
+                self._hand_over(received)
+        except BaseException as exc:  # noqa: BLE001 - raised in the storing thread
+            self._hand_over(exc)
+            return
+        self._hand_over(None)
+
+    def _hand_over(self, item) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._rounds.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            item = self._rounds.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def _chunks(batch: list[tuple[int, str]], sizes: dict[int, int]):
