@@ -40,6 +40,7 @@ import atexit
 import dataclasses
 import hashlib
 import logging
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -55,6 +56,7 @@ from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
 from webapp.services.delivery import Incoming, deliver_many
+from webapp.services.mime import Envelope, parse_envelope
 from worker.smtp import SendOutcome, SmtpConnection, SmtpError
 
 log = logging.getLogger("skydesk.send")
@@ -501,9 +503,49 @@ def _sent_copy_account(session: Session, user_id: int, from_email: str,
     return cache[key]
 
 
+class _OutboxBlobs:
+    """The blob store as deliver_many sees it when filing Sent copies.
+
+    A Sent copy's bytes are the outbox blob they were read from, made durable (fsynced)
+    before the row that queued them committed, and still referenced by that row: put()
+    of those very bytes objects needs neither to hash, re-read nor write them, and sync()
+    has nothing of theirs to flush. Any other bytes go to the real store as usual.
+    """
+
+    def __init__(self, store: blobs.LocalBlobStore, owed: list[tuple[_Claimed, bytes]]):
+        self.store = store
+        # By identity: only the bytes objects read from the blob are known to be that blob.
+        self.known = {id(raw): (raw, row.blob_sha256) for row, raw in owed}
+        self.lock = threading.Lock()
+        self.written: set[str] = set()
+
+    def put(self, data: bytes, *, durable: bool = True) -> str:
+        """The outbox blob's digest for its own bytes; anything else stored for real."""
+        entry = self.known.get(id(data))
+        if entry is not None and entry[0] is data:
+            return entry[1]
+        digest = self.store.put(data, durable=durable)
+        with self.lock:
+            self.written.add(digest)
+        return digest
+
+    def sync(self, digests: list[str]) -> None:
+        """Flush what this store wrote itself (the outbox blobs are durable already)."""
+        with self.lock:
+            mine = [digest for digest in digests if digest in self.written]
+        if mine:
+            self.store.sync(mine)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)  # get, open, exists, delete: as the real store
+
+
 def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Exception]],
-                      accounts: dict[tuple[int, str], MailAccount] | None = None) -> None:
+                      accounts: dict[tuple[int, str], MailAccount] | None = None,
+                      envelopes: dict[int, Envelope] | None = None) -> None:
     """File the exact bytes sent in Sent, one deliver_many per account; the caller commits.
+
+    ``envelopes``: parse_envelope() of the bytes by message id, where already known.
 
     Each message then gives up its lease (unless it is being sent again right now), and a
     message that is sent for good drops the outbox's reference to its bytes (the copy in
@@ -512,6 +554,9 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     filing the same copy at once) leaves the copy owed, for the sweep.
     """
     accounts = {} if accounts is None else accounts
+    envelopes = envelopes or {}
+    store = _OutboxBlobs(blobs.get_store(current_app.config["BLOB_DIR"]),
+                         [(row, raw) for row, raw in owed if not isinstance(raw, Exception)])
     by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
     filed: list[dict] = []
     given_up: list[dict] = []
@@ -532,8 +577,9 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 # move the user's own sent copy out of Sent.
                 outcomes = deliver_many(
                     session, account,
-                    [Incoming(raw, f"sent:{row.id}", "sent", True) for row, raw in entries],
-                    run_filters=False)
+                    [Incoming(raw, f"sent:{row.id}", "sent", True, envelopes.get(row.id))
+                     for row, raw in entries],
+                    run_filters=False, store=store)
         except SQLAlchemyError as error:
             log.warning("Sent copies of %s not filed yet: %s", [r.id for r, _ in entries], error)
             continue
@@ -615,6 +661,7 @@ class _Batch:
         self.retries: list[tuple[int, datetime]] = []
         self.released: list[int] = []
         self.accounts: dict[tuple[int, str], MailAccount] = {}
+        self.envelopes: dict[int, Envelope] = {}  # parsed for the Sent copies
 
     def run(self, first_id: int) -> str:
         """Send the claimed first message, then further groups; the first one's state."""
@@ -669,11 +716,12 @@ class _Batch:
                 owed.append((row, raw))
         if owed:
             try:
-                _file_sent_copies(session, owed, self.accounts)
+                _file_sent_copies(session, owed, self.accounts, self.envelopes)
                 session.commit()
             except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
                 log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
                 session.rollback()
+        self.envelopes.clear()
         # Given-back messages get new jobs (_enqueue_follow_ups): the first ones can go too.
         self._discard_first_jobs([row.id for row in rows])
         return go_on
@@ -775,6 +823,8 @@ class _Batch:
         self.states[row.id] = row.state
         if retry_at is not None:
             self.retries.append((row.id, retry_at))
+        if sent_out and row.owes_sent_copy:
+            self.envelopes[row.id] = parse_envelope(raw)  # for its Sent copy
         return go_on, raw
 
     def _release(self, rows: list[_Claimed]) -> None:
