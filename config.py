@@ -201,7 +201,7 @@ def load_config(instance_path: str | os.PathLike, environ: dict | None = None) -
         "POP_SWEEP_SECONDS": _int(environ, "POP_SWEEP_SECONDS", 5, minimum=1),
         "POP_PAUSED_RECHECK_SECONDS": _int(environ, "POP_PAUSED_RECHECK_SECONDS", 60, minimum=1),
         "POP_QUEUED_MARKER_SECONDS": _int(environ, "POP_QUEUED_MARKER_SECONDS", 120, minimum=1),
-        "POP_DEFAULT_BATCH_SIZE": _int(environ, "POP_DEFAULT_BATCH_SIZE", 200, minimum=1),
+        "POP_DEFAULT_BATCH_SIZE": _int(environ, "POP_DEFAULT_BATCH_SIZE", 1000, minimum=1),
         "POP_DEFAULT_INTERVAL_SECONDS": _int(environ, "POP_DEFAULT_INTERVAL_SECONDS", 300,
                                              minimum=30),
         "RQ_QUEUES": ["default", "fetch", "send"],

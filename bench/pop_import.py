@@ -287,8 +287,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=20_000, help="bytes per message")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of the peers (median taken); ours runs once")
-    parser.add_argument("--batch-size", type=int, default=200, help="our batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="our batch size (default: the product's default for new accounts)")
     args = parser.parse_args()
+    if args.batch_size is None:
+        from webapp.services.pop_accounts import DEFAULT_BATCH_SIZE
+        args.batch_size = DEFAULT_BATCH_SIZE
 
     work = Path(tempfile.mkdtemp(prefix="skydesk-bench-pop-"))
     work.chmod(0o755)

@@ -43,7 +43,7 @@ class PopAccount(db.Model):
     # "From now on" whose baseline (UIDLs present at creation) could not be read yet: the
     # first successful session records it instead of fetching.
     baseline_pending: Mapped[bool] = mapped_column(default=False, nullable=False)
-    batch_size: Mapped[int] = mapped_column(default=200, nullable=False)
+    batch_size: Mapped[int] = mapped_column(default=1000, nullable=False)  # DEFAULT_BATCH_SIZE
     interval_seconds: Mapped[int] = mapped_column(default=300, nullable=False)
 
     state: Mapped[str] = mapped_column(String(16), default="active", nullable=False)

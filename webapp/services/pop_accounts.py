@@ -34,10 +34,14 @@ POP_DEFAULTS: dict[str, Any] = {
     "POP_SWEEP_SECONDS": 5.0,
     "POP_PAUSED_RECHECK_SECONDS": 60,
     "POP_QUEUED_MARKER_SECONDS": 120,
-    "POP_DEFAULT_BATCH_SIZE": 200,
+    "POP_DEFAULT_BATCH_SIZE": 1000,
     "POP_DEFAULT_INTERVAL_SECONDS": 300,
 }
 BATCH_SIZE_RANGE = (1, 2000)
+# Messages per batch (one job, one commit) for new accounts. Each batch also pays a login,
+# a UIDL/LIST of the whole mailbox and a commit; memory is bounded per RETR round, not per
+# batch, so a large first import goes fastest in large batches.
+DEFAULT_BATCH_SIZE = 1000
 INTERVAL_RANGE = (60, 7 * 24 * 3600)
 
 STATE_REASON_WORDS = {
@@ -209,7 +213,7 @@ def _mail_account_for(session: Session, user: User, email: str, display_name: st
 def create_pop_account(session: Session, user: User, *, email: str, host: str, port: int,
                        security: str, username: str, password: str, secret_keys: list[str],
                        display_name: str = "", delete_from_server: bool = False,
-                       new_only: bool = False, batch_size: int = 200,
+                       new_only: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
                        interval_seconds: int = 300, baseline_uidls: list[str] | None = None,
                        job_timeout: int = 600) -> PopAccount:
     """Add a POP account (and its MailAccount); the first fetch is enqueued after the commit.

@@ -7,6 +7,8 @@ from wtforms import (BooleanField, EmailField, IntegerField, PasswordField, Radi
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional, Regexp
 
+from webapp.services.pop_accounts import BATCH_SIZE_RANGE, DEFAULT_BATCH_SIZE
+
 # POP3 sends USER and PASS as text lines: a CR or LF would end the line and start a command.
 # \Z, not $: "$" also matches before a final newline.
 NO_LINE_BREAKS = r"[^\r\n\x00]*\Z"
@@ -52,8 +54,8 @@ class PopAccountForm(FlaskForm):
     which = RadioField("Which messages", default="all", choices=[
         SelectChoice("all", "All messages on the server"),
         SelectChoice("new", "Only messages that arrive from now on")])
-    batch_size = IntegerField("Messages per batch", default=200,
-                              validators=[DataRequired(), NumberRange(1, 2000)],
+    batch_size = IntegerField("Messages per batch", default=DEFAULT_BATCH_SIZE,
+                              validators=[DataRequired(), NumberRange(*BATCH_SIZE_RANGE)],
                               description="A first import continues batch after batch at once.")
     interval_minutes = IntegerField("Check every (minutes)", default=5,
                                     validators=[DataRequired(), NumberRange(1, 10080)])
