@@ -173,3 +173,34 @@ def test_gc_unpack_command_moves_every_message_out_of_packs(app, user, runner):
     assert all(db.session.get(Blob, m.blob_sha256).pack is None for m in messages)
     assert [_store(app).get(m.blob_sha256) for m in messages] == raws
     assert list(_store(app).iter_packs()) == []
+
+
+def test_bytes_already_stored_are_filed_without_being_written_again(app, user):
+    """A Sent copy names its outbox blob: no second copy, no pack, one more reference."""
+    raw = _raws(1)[0]
+    first = deliver(db.session, hosted(user), raw, "outbox").message
+    db.session.commit()
+    digest = first.blob_sha256
+
+    outcomes = deliver_many(db.session, hosted(user),
+                            [Incoming(raw, f"sent:{n}", "sent", True, sha256=digest)
+                             for n in range(2)])
+    db.session.commit()
+
+    assert [o.status for o in outcomes] == ["stored", "stored"]
+    assert list(_store(app).iter_packs()) == []
+    row = db.session.get(Blob, digest)
+    db.session.refresh(row)
+    assert (row.refcount, row.pack) == (3, None)
+    assert _store(app).get(digest) == raw
+
+
+def test_a_damaged_file_is_an_error_not_other_bytes(app, user):
+    raw = _raws(1)[0]
+    digest = deliver(db.session, hosted(user), raw, "one").message.blob_sha256
+    db.session.commit()
+    path = Path(app.config["BLOB_DIR"]) / digest[:2] / digest[2:4] / digest
+    path.write_bytes(raw[:-1] + b"!")
+
+    with pytest.raises(blobs.BlobMissingError, match="does not hold these bytes"):
+        _store(app).get(digest)

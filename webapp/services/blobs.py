@@ -11,7 +11,7 @@ A single message is a file of its own. A delivered batch (a POP round, Sent copi
 one pack file: the messages one after another, written and fsynced once, each located
 by the pack and offset on its `Blob` row. A file per message costs a create, a rename
 and folder updates each, several times what the bytes cost; a pack costs one of each
-per batch. `get()` and `open()` read both kinds by hash, and check a packed blob's hash.
+per batch. `get()` and `open()` read both kinds by hash, and check the bytes against it.
 Packs whose messages are all deleted are removed by `collect_garbage`, and packs left
 mostly empty are rewritten as files of their own (`compact`).
 """
@@ -228,30 +228,36 @@ class LocalBlobStore:
         return data
 
     def get(self, sha256: str) -> bytes:
-        """The stored bytes, exactly as put."""
-        with self.open(sha256) as handle:
-            return handle.read()
+        """The stored bytes, exactly as put, checked against their hash.
+
+        A file of the blob's own that holds exactly these bytes is the blob, whatever the
+        database says, so the common case costs no query. Otherwise (no file, or a short
+        leftover of a delivery that never committed) the blob is looked for in its pack.
+        """
+        try:
+            with open(self._path(sha256), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            data = None
+        if data is not None and hashlib.sha256(data).hexdigest() == sha256:
+            return data
+        where = self.locate(sha256) if self.locate else None
+        if where is not None:
+            return self.read_packed(sha256, *where)
+        if data is None:
+            raise BlobMissingError(sha256)
+        raise BlobMissingError(f"{sha256}: the stored file does not hold these bytes")
 
     def open(self, sha256: str) -> BinaryIO:
-        """A binary file object of the stored bytes (close it).
-
-        A packed blob is read from its pack even when a file of the same hash exists: such
-        a file is a leftover of a delivery that never committed, and may be short.
-        """
-        where = self.locate(sha256) if self.locate else None
-        if where is not None:
-            return io.BytesIO(self.read_packed(sha256, *where))
-        try:
-            return open(self._path(sha256), "rb")
-        except FileNotFoundError:
-            raise BlobMissingError(sha256) from None
+        """A binary file object of the stored bytes (checked as get() does)."""
+        return io.BytesIO(self.get(sha256))
 
     def exists(self, sha256: str) -> bool:
-        """Whether the store holds this blob."""
+        """Whether the store holds this blob (a file of its own, or a pack)."""
+        if self._path(sha256).exists():
+            return True
         where = self.locate(sha256) if self.locate else None
-        if where is not None:
-            return self.pack_path(where[0]).exists()
-        return self._path(sha256).exists()
+        return where is not None and self.pack_path(where[0]).exists()
 
     def delete(self, sha256: str) -> None:
         """Remove a blob's own file (no error if it is already gone; packs go whole)."""
@@ -277,8 +283,9 @@ class LocalBlobStore:
 def _locate_in_database(sha256: str) -> tuple[str, int, int] | None:
     from webapp.extensions import db
 
-    row = db.session.execute(select(Blob.pack, Blob.pack_offset, Blob.size)
-                             .where(Blob.sha256 == sha256)).first()
+    with db.session.no_autoflush:  # a read must not write the caller's pending changes
+        row = db.session.execute(select(Blob.pack, Blob.pack_offset, Blob.size)
+                                 .where(Blob.sha256 == sha256)).first()
     return (row.pack, row.pack_offset, row.size) if row and row.pack else None
 
 

@@ -60,6 +60,9 @@ class Incoming:
     folder_role: str = "inbox"
     is_read: bool = False
     envelope: Envelope | None = None  # parse_envelope(raw), when the caller already has it
+    # The bytes' SHA-256 when they are already in the store, durable, and referenced by a row
+    # that outlives this delivery's commit (a Sent copy of an outbox blob): not written again.
+    sha256: str | None = None
 
 
 @dataclass
@@ -203,6 +206,7 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
     limit = max_bytes or config["MAIL_MAX_MESSAGE_BYTES"]
     store = store or blobs.get_store(config["BLOB_DIR"])
     outcomes: list[Outcome | None] = [None] * len(items)
+    digests: dict[int, str] = {}
     keys = [item.source_key[:255] for item in items]
     stored_before = _stored_keys(session, account.id, keys)
     first_of: dict[str, int] = {}
@@ -225,19 +229,22 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
     # while this thread parses headers, runs filters and writes the rows; every write is
     # known before the rows, and the flush ends before the caller commits (before this
     # returns, or in wait_durable). A single message is written and fsynced here.
-    batch = len(todo) > 1
+    for index in todo:
+        if items[index].sha256 is not None:
+            digests[index] = items[index].sha256
+    to_write = [index for index in todo if index not in digests]
+    batch = len(to_write) > 1
     deciding = filters.DeliveryFilters(session, account.user_id) if run_filters and todo else None
     envelopes: dict[int, Envelope] = {}
     decisions: dict[int, filters.FilterDecision] = {}
-    digests: dict[int, str] = {}
     written: Future | None = None
     durable: Future | None = None
     if batch:
         written, durable = Future(), Future()
-        _thread("blob-write").submit(_write_batch, store, [items[i].raw for i in todo], written,
-                                     durable)
+        _thread("blob-write").submit(_write_batch, store, [items[i].raw for i in to_write],
+                                     written, durable)
     for index in todo:
-        if not batch:
+        if not batch and index not in digests:
             try:
                 digests[index] = store.put(items[index].raw)
             except OSError as exc:
@@ -252,7 +259,7 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
         result = written.result()
         if result.pack is not None:
             packed = (result.pack, result.offsets)
-        for index, digest in zip(todo, result.digests):
+        for index, digest in zip(to_write, result.digests):
             if isinstance(digest, OSError):
                 log.warning("account %s: message %s not stored: %s", account.id, keys[index],
                             digest)

@@ -40,7 +40,6 @@ import atexit
 import dataclasses
 import hashlib
 import logging
-import threading
 import time
 from datetime import datetime, timedelta
 
@@ -503,43 +502,6 @@ def _sent_copy_account(session: Session, user_id: int, from_email: str,
     return cache[key]
 
 
-class _OutboxBlobs:
-    """The blob store as deliver_many sees it when filing Sent copies.
-
-    A Sent copy's bytes are the outbox blob they were read from, made durable (fsynced)
-    before the row that queued them committed, and still referenced by that row: put()
-    of those very bytes objects needs neither to hash, re-read nor write them, and sync()
-    has nothing of theirs to flush. Any other bytes go to the real store as usual.
-    """
-
-    def __init__(self, store: blobs.LocalBlobStore, owed: list[tuple[_Claimed, bytes]]):
-        self.store = store
-        # By identity: only the bytes objects read from the blob are known to be that blob.
-        self.known = {id(raw): (raw, row.blob_sha256) for row, raw in owed}
-        self.lock = threading.Lock()
-        self.written: set[str] = set()
-
-    def put(self, data: bytes, *, durable: bool = True) -> str:
-        """The outbox blob's digest for its own bytes; anything else stored for real."""
-        entry = self.known.get(id(data))
-        if entry is not None and entry[0] is data:
-            return entry[1]
-        digest = self.store.put(data, durable=durable)
-        with self.lock:
-            self.written.add(digest)
-        return digest
-
-    def sync(self, digests: list[str]) -> None:
-        """Flush what this store wrote itself (the outbox blobs are durable already)."""
-        with self.lock:
-            mine = [digest for digest in digests if digest in self.written]
-        if mine:
-            self.store.sync(mine)
-
-    def __getattr__(self, name: str):
-        return getattr(self.store, name)  # get, open, exists, delete: as the real store
-
-
 def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Exception]],
                       accounts: dict[tuple[int, str], MailAccount] | None = None,
                       envelopes: dict[int, Envelope] | None = None) -> None:
@@ -555,8 +517,6 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     """
     accounts = {} if accounts is None else accounts
     envelopes = envelopes or {}
-    store = _OutboxBlobs(blobs.get_store(current_app.config["BLOB_DIR"]),
-                         [(row, raw) for row, raw in owed if not isinstance(raw, Exception)])
     by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
     filed: list[dict] = []
     given_up: list[dict] = []
@@ -577,9 +537,11 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 # move the user's own sent copy out of Sent.
                 outcomes = deliver_many(
                     session, account,
-                    [Incoming(raw, f"sent:{row.id}", "sent", True, envelopes.get(row.id))
+                    # The bytes are the outbox blob's, durable and referenced since queueing.
+                    [Incoming(raw, f"sent:{row.id}", "sent", True, envelopes.get(row.id),
+                              sha256=row.blob_sha256)
                      for row, raw in entries],
-                    run_filters=False, store=store)
+                    run_filters=False)
         except SQLAlchemyError as error:
             log.warning("Sent copies of %s not filed yet: %s", [r.id for r, _ in entries], error)
             continue
@@ -655,10 +617,7 @@ class _Batch:
     def __init__(self, session: Session, lane: _Lane):
         self.session = session
         self.lane = lane
-        root = current_app.config["BLOB_DIR"]
-        self.store = blobs.get_store(root)
-        # The blobs' own files only, without asking the database where a blob is.
-        self.files = blobs.LocalBlobStore(root)
+        self.store = blobs.get_store(current_app.config["BLOB_DIR"])
         self.started = time.monotonic()
         self.states: dict[int, str] = {}
         self.retries: list[tuple[int, datetime]] = []
@@ -767,16 +726,6 @@ class _Batch:
                 self.states[row.id] = row.state
         return ready
 
-    def _read(self, sha256: str) -> bytes:
-        """An outbox blob's bytes: its own file if that holds exactly them (the hash is
-        checked, a few microseconds), else wherever the store keeps them (which may cost
-        a query per blob)."""
-        try:
-            raw = self.files.get(sha256)
-        except FileNotFoundError:
-            return self.store.get(sha256)
-        return raw if hashlib.sha256(raw).hexdigest() == sha256 else self.store.get(sha256)
-
     def _send_one(self, row: _Claimed, transport: _Transport) -> tuple[bool, bytes | None]:
         """Send one claimed message and commit its outcome; (may the batch go on, its bytes)."""
         session = self.session
@@ -790,7 +739,7 @@ class _Batch:
             self.states[row.id] = row.state
             return True, None
         try:
-            raw = self._read(row.blob_sha256)
+            raw = self.store.get(row.blob_sha256)
         except Exception as error:  # noqa: BLE001 - this message's bytes; the others may go
             log.exception("outgoing %s: bytes not readable", row.id)
             _fail(row, "internal", f"Could not send: {error}. Your administrator can see the "
