@@ -72,14 +72,6 @@ class RecipientRefusal:
 
 
 @dataclasses.dataclass(frozen=True)
-class Started:
-    """A message sent up to its end of DATA: who was accepted and refused at RCPT."""
-
-    accepted: list[str]
-    refused: dict[str, RecipientRefusal]
-
-
-@dataclasses.dataclass(frozen=True)
 class SendOutcome:
     """What happened to one message: who got it, who was refused and why, the final reply."""
 
@@ -119,8 +111,6 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
 class _TrackingMixin:
     """smtplib additions: TCP_NODELAY, and knowing whether the end of DATA went out."""
 
-    # Set by SmtpConnection.finish() once the final dot's send() completed (sendall()
-    # raising means it did not fully reach the kernel).
     end_of_data_sent: bool = False
 
     def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
@@ -128,6 +118,14 @@ class _TrackingMixin:
         # Nagle + delayed ACK cost ~40 ms per message with STARTTLS (22 → 374 msg/s measured).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+    def send(self, s: bytes | str) -> None:
+        super().send(s)  # type: ignore[misc]
+        # smtplib.data() writes the dot-stuffed payload and its terminator in ONE send() and
+        # commands are single lines, so a completed send ending in CRLF.CRLF is the end of DATA.
+        # sendall() raising means the terminator did not fully reach the kernel.
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.end_of_data_sent = True
 
 
 class _PlainOrStarttlsSMTP(_TrackingMixin, smtplib.SMTP):
@@ -304,15 +302,6 @@ class SmtpConnection:
 
     def send(self, envelope_from: str, recipients: Iterable[str], raw: bytes) -> SendOutcome:
         """Send one message's exact bytes; report per-recipient refusals, raise if nobody got it."""
-        return self.finish(self.start(envelope_from, recipients, raw))
-
-    def start(self, envelope_from: str, recipients: Iterable[str], raw: bytes) -> Started:
-        """Send one message up to, not including, the end of DATA: MAIL, RCPT, DATA, its bytes.
-
-        The server cannot accept the message before `finish()` sends the final dot; until
-        then nothing else may use this session. `withhold()` instead drops the session, and
-        the server discards the message. Raises SmtpError as `send()` does (nothing sent).
-        """
         client = self._client
         if client is None or client.sock is None:
             raise SmtpError("connect", f"The connection to the SMTP server {self.host}:{self.port} is closed; it will be retried.")
@@ -348,32 +337,11 @@ class SmtpConnection:
                 client._rset()
                 raise self._all_refused(refused)
             client.end_of_data_sent = False
-            # smtplib's data() up to its final dot, with the same dot-stuffing.
-            code, text = client.docmd("data")
-            if code != 354:  # the DATA command itself was refused: nothing sent
-                client._rset()
-                raise _error_from_reply(code, text, "DATA")
-            quoted = smtplib._quote_periods(raw)
-            if quoted[-2:] != b"\r\n":
-                quoted += b"\r\n"
-            client.send(quoted)
-            return Started(accepted, refused)
-        except SmtpError:
-            raise
-        except Exception as error:
-            self._abandon()
-            raise self._classify(error, stage="SEND") from error
-
-    def finish(self, started: Started) -> SendOutcome:
-        """Send the end of DATA of the message `start()` sent, and read the server's verdict."""
-        client = self._client
-        if client is None or client.sock is None:  # closed since: the message was not accepted
-            raise SmtpError("connect", f"The connection to the SMTP server {self.host}:{self.port} is closed; it will be retried.")
-        try:
             try:
-                client.send(b".\r\n")
-                client.end_of_data_sent = True
-                code, text = client.getreply()
+                code, text = client.data(raw)
+            except smtplib.SMTPDataError as error:  # the DATA command itself was refused: nothing sent
+                client._rset()
+                raise _error_from_reply(error.smtp_code, error.smtp_error, "DATA") from error
             except (smtplib.SMTPServerDisconnected, OSError) as error:
                 if client.end_of_data_sent:
                     # RFC 1047: the server may have accepted it and died before saying so.
@@ -389,18 +357,12 @@ class SmtpConnection:
             if code != 250:
                 client._rset()
                 raise _error_from_reply(code, text, "DATA")
-            return SendOutcome(accepted=started.accepted, refused=started.refused,
-                               reply_code=code, reply_text=_decode(text))
+            return SendOutcome(accepted=accepted, refused=refused, reply_code=code, reply_text=_decode(text))
         except SmtpError:
             raise
         except Exception as error:
             self._abandon()
             raise self._classify(error, stage="SEND") from error
-
-    def withhold(self) -> None:
-        """Drop the session of a started message without its end of DATA: the server
-        discards what it got of it. Never raises."""
-        self._abandon()
 
     def _all_refused(self, refused: dict[str, RecipientRefusal]) -> SmtpError:
         """Classify a transaction where no recipient was accepted."""
