@@ -204,3 +204,35 @@ def test_a_damaged_file_is_an_error_not_other_bytes(app, user):
 
     with pytest.raises(blobs.BlobMissingError, match="does not hold these bytes"):
         _store(app).get(digest)
+
+
+def test_a_forked_child_delivers_batches_with_threads_of_its_own(app, user):
+    """An RQ work horse is forked from a worker that may have delivered a batch already."""
+    _deliver_batch(user, _raws(2, "parent"))  # the parent's write and flush threads exist
+    user_id = user.id
+    db.session.remove()
+    db.engine.dispose()  # no connection crosses the fork
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its batch is stored (a dead thread would hang)
+        code = 1
+        try:
+            with app.app_context():
+                _deliver_batch(db.session.get(type(user), user_id), _raws(2, "child"), "c")
+                code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child's batch delivery hung")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert db.session.scalar(select(Message.id).where(Message.source_key == "c-1")) is not None

@@ -14,6 +14,7 @@ removes), and a retry stores each message once (the source key is unique per acc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,15 @@ _KEYS_PER_QUERY = 500
 
 _threads: dict[str, ThreadPoolExecutor] = {}
 _threads_lock = threading.Lock()
+
+
+def _forget_threads() -> None:
+    """In a forked child (an RQ work horse) the parent's threads do not exist: start afresh."""
+    global _threads, _threads_lock
+    _threads, _threads_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 class MessageTooLargeError(ValueError):
