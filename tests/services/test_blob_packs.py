@@ -236,3 +236,16 @@ def test_a_forked_child_delivers_batches_with_threads_of_its_own(app, user):
         pytest.fail("the child's batch delivery hung")
     assert os.waitstatus_to_exitcode(status) == 0
     assert db.session.scalar(select(Message.id).where(Message.source_key == "c-1")) is not None
+
+
+def test_a_pack_of_more_messages_than_one_system_call_takes(app):
+    """writev(2) takes at most 1,024 buffers: a larger batch is written in several calls."""
+    store = blobs.LocalBlobStore(Path(app.config["BLOB_DIR"]))
+    raws = [f"message {n}\r\n".encode() * (n % 7 + 1) for n in range(2500)]
+
+    pack, located = store.write_pack(raws)
+
+    assert store.pack_path(pack).stat().st_size == sum(map(len, raws))
+    for raw, (digest, offset) in zip(raws, located):
+        assert digest == hashlib.sha256(raw).hexdigest()
+        assert store.read_packed(digest, pack, offset, len(raw)) == raw

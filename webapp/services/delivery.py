@@ -13,6 +13,7 @@ removes), and a retry stores each message once (the source key is unique per acc
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -149,8 +150,8 @@ class _Written:
     offsets: dict[str, int] | None = None
 
 
-def _write_batch(store: blobs.BlobStore, raws: list[bytes], written: Future,
-                 durable: Future) -> None:
+def _write_batch(store: blobs.BlobStore, raws: list[bytes], hashes: list[str],
+                 written: Future, durable: Future) -> None:
     """Write a batch's bytes: one pack, or failing that a file each; then have them flushed.
 
     ``written`` gets where every message went as soon as the bytes are written, so the
@@ -160,7 +161,7 @@ def _write_batch(store: blobs.BlobStore, raws: list[bytes], written: Future,
     """
     try:
         try:
-            pack, located = store.write_pack(raws, durable=False)
+            pack, located = store.write_pack(raws, digests=hashes, durable=False)
         except OSError as exc:
             log.warning("pack not written (%s); storing the batch a file per message", exc)
             results: list[str | OSError] = []
@@ -251,7 +252,10 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
     durable: Future | None = None
     if batch:
         written, durable = Future(), Future()
-        _thread("blob-write").submit(_write_batch, store, [items[i].raw for i in to_write],
+        raws = [items[i].raw for i in to_write]
+        # Hashed here: on the writer thread each hash waits for the interpreter lock after it.
+        _thread("blob-write").submit(_write_batch, store, raws,
+                                     [hashlib.sha256(raw).hexdigest() for raw in raws],
                                      written, durable)
     for index in todo:
         if not batch and index not in digests:
