@@ -291,6 +291,23 @@ class _Pop3Connection(poplib.POP3):
             self.close()
             raise
 
+    @property
+    def file(self):
+        return self._file
+
+    @file.setter
+    def file(self, value) -> None:
+        # poplib reads through sock.makefile("rb"), whose 8 KB buffer makes a 20 KB message
+        # three system calls; in the fetch job's reader thread each one gives the
+        # interpreter lock to the thread storing messages and waits to get it back. A
+        # buffer of _READ_CHUNK reads several pipelined messages per call. poplib sets the
+        # file right after the socket (and after STARTTLS), before anything is read from it.
+        sock = getattr(self, "sock", None)
+        if sock is not None and isinstance(getattr(value, "raw", None), socket.SocketIO):
+            value.close()
+            value = sock.makefile("rb", buffering=_READ_CHUNK)
+        self._file = value
+
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = super()._create_socket(timeout)
         try:

@@ -215,7 +215,7 @@ def normalize_email(local_part: str, domain: str) -> str | None:
     """Return the normalized address for a local part and domain, or None when either is unusable."""
     local_part = local_part.strip()
     domain = domain.strip().rstrip(".")
-    if not local_part or not domain or any(c.isspace() for c in local_part + domain):
+    if not local_part or not domain or _WHITESPACE.search(local_part + domain):
         return None
     if "@" in domain or "@" in local_part or domain.startswith(".") or ".." in domain:
         return None
