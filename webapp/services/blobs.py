@@ -318,12 +318,13 @@ def get_store(blob_dir: str) -> LocalBlobStore:
     return LocalBlobStore(blob_dir, locate=_locate_in_database)
 
 
-def add_reference(session: Session, sha256: str, size: int) -> None:
-    """Count one more message using this blob (row created on first use)."""
+def add_reference(session: Session, sha256: str, size: int, pack: str | None = None,
+                  pack_offset: int | None = None) -> None:
+    """Count one more message using this blob (row created on first use, where ``pack`` says)."""
     updated = session.execute(update(Blob).where(Blob.sha256 == sha256)
                               .values(refcount=Blob.refcount + 1)).rowcount
     if not updated:
-        session.add(Blob(sha256=sha256, size=size, refcount=1))
+        session.add(Blob(sha256=sha256, size=size, refcount=1, pack=pack, pack_offset=pack_offset))
         session.flush()
 
 
@@ -346,7 +347,8 @@ def add_references(session: Session, uses: dict[str, tuple[int, int]],
     else:
         for digest, (size, count) in uses.items():
             for _ in range(count):
-                add_reference(session, digest, size)
+                add_reference(session, digest, size, pack if digest in offsets else None,
+                              offsets.get(digest))
         return
     table = Blob.__table__  # Core: the ORM's bulk path costs more than the statement
     statement = upsert(table)
