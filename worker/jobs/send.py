@@ -55,7 +55,6 @@ from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
 from webapp.services.delivery import Incoming, deliver_many
-from webapp.services.mime import Envelope, parse_envelope
 from worker.smtp import SendOutcome, SmtpConnection, SmtpError
 
 log = logging.getLogger("skydesk.send")
@@ -503,11 +502,8 @@ def _sent_copy_account(session: Session, user_id: int, from_email: str,
 
 
 def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Exception]],
-                      accounts: dict[tuple[int, str], MailAccount] | None = None,
-                      envelopes: dict[int, Envelope] | None = None) -> None:
+                      accounts: dict[tuple[int, str], MailAccount] | None = None) -> None:
     """File the exact bytes sent in Sent, one deliver_many per account; the caller commits.
-
-    ``envelopes``: parse_envelope() of the bytes by message id, where already known.
 
     Each message then gives up its lease (unless it is being sent again right now), and a
     message that is sent for good drops the outbox's reference to its bytes (the copy in
@@ -516,7 +512,6 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     filing the same copy at once) leaves the copy owed, for the sweep.
     """
     accounts = {} if accounts is None else accounts
-    envelopes = envelopes or {}
     by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
     filed: list[dict] = []
     given_up: list[dict] = []
@@ -538,8 +533,7 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 outcomes = deliver_many(
                     session, account,
                     # The bytes are the outbox blob's, durable and referenced since queueing.
-                    [Incoming(raw, f"sent:{row.id}", "sent", True, envelopes.get(row.id),
-                              sha256=row.blob_sha256)
+                    [Incoming(raw, f"sent:{row.id}", "sent", True, sha256=row.blob_sha256)
                      for row, raw in entries],
                     run_filters=False)
         except SQLAlchemyError as error:
@@ -574,7 +568,7 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 else_=c.last_error_message)), given_up)
     done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
     blobs.drop_references(session, [row.blob_sha256 for row, _raw in owed
-                               if row.id in done and row.state == "sent"])
+                                    if row.id in done and row.state == "sent"])
 
 
 def recover_sent_copies(session: Session, now: datetime | None = None) -> list[int]:
@@ -623,7 +617,6 @@ class _Batch:
         self.retries: list[tuple[int, datetime]] = []
         self.released: list[int] = []
         self.accounts: dict[tuple[int, str], MailAccount] = {}
-        self.envelopes: dict[int, Envelope] = {}  # parsed for the Sent copies
 
     def run(self, first_id: int) -> str:
         """Send the claimed first message, then further groups; the first one's state."""
@@ -678,12 +671,11 @@ class _Batch:
                 owed.append((row, raw))
         if owed:
             try:
-                _file_sent_copies(session, owed, self.accounts, self.envelopes)
+                _file_sent_copies(session, owed, self.accounts)
                 session.commit()
             except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
                 log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
                 session.rollback()
-        self.envelopes.clear()
         # Given-back messages get new jobs (_enqueue_follow_ups): the first ones can go too.
         self._discard_first_jobs([row.id for row in rows])
         return go_on
@@ -785,8 +777,6 @@ class _Batch:
         self.states[row.id] = row.state
         if retry_at is not None:
             self.retries.append((row.id, retry_at))
-        if sent_out and row.owes_sent_copy:
-            self.envelopes[row.id] = parse_envelope(raw)  # for its Sent copy
         return go_on, raw
 
     def _release(self, rows: list[_Claimed]) -> None:
