@@ -61,6 +61,7 @@ def _tune_sqlite(app: Flask) -> None:
     """WAL and a busy timeout let the web, the worker and the CLI share one SQLite file."""
     from sqlalchemy import event
 
+    from webapp.durability import restore_on_checkin
     from webapp.extensions import db
 
     with app.app_context():
@@ -76,6 +77,8 @@ def _tune_sqlite(app: Flask) -> None:
         # after the commit, so a commit a power cut could undo (NORMAL) would lose mail.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
+
+    restore_on_checkin(engine)
 
 
 def _register_blueprints(app: Flask) -> None:

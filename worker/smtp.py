@@ -11,7 +11,7 @@ import os
 import smtplib
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 Security = Literal["ssl", "starttls", "none"]
@@ -108,10 +108,19 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     return _tls_context_for(ca_bundle, mtime)
 
 
+class EndOfDataWithheld(Exception):
+    """Raised by a `before_end_of_data` hook: this message must not be sent after all.
+
+    The session is closed with the message body unsent, so the server discards it.
+    """
+
+
 class _TrackingMixin:
-    """smtplib additions: TCP_NODELAY, and knowing whether the end of DATA went out."""
+    """smtplib additions: TCP_NODELAY, knowing whether the end of DATA went out, and a hook
+    called just before it goes."""
 
     end_of_data_sent: bool = False
+    before_end_of_data = None
 
     def _get_socket(self, host: str, port: int, timeout: float | None) -> socket.socket:
         sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
@@ -120,11 +129,14 @@ class _TrackingMixin:
         return sock
 
     def send(self, s: bytes | str) -> None:
-        super().send(s)  # type: ignore[misc]
         # smtplib.data() writes the dot-stuffed payload and its terminator in ONE send() and
         # commands are single lines, so a completed send ending in CRLF.CRLF is the end of DATA.
         # sendall() raising means the terminator did not fully reach the kernel.
-        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+        end_of_data = isinstance(s, bytes) and s.endswith(b"\r\n.\r\n")
+        if end_of_data and self.before_end_of_data is not None:
+            self.before_end_of_data()  # may raise EndOfDataWithheld: nothing of the body left
+        super().send(s)  # type: ignore[misc]
+        if end_of_data:
             self.end_of_data_sent = True
 
 
@@ -300,8 +312,13 @@ class SmtpConnection:
             )
         self._client.login(self.username or "", self.password or "")
 
-    def send(self, envelope_from: str, recipients: Iterable[str], raw: bytes) -> SendOutcome:
-        """Send one message's exact bytes; report per-recipient refusals, raise if nobody got it."""
+    def send(self, envelope_from: str, recipients: Iterable[str], raw: bytes,
+             before_end_of_data: Callable[[], None] | None = None) -> SendOutcome:
+        """Send one message's exact bytes; report per-recipient refusals, raise if nobody got it.
+
+        `before_end_of_data` is called after the server said 354 and before the message
+        goes; raising EndOfDataWithheld there closes the session with nothing delivered.
+        """
         client = self._client
         if client is None or client.sock is None:
             raise SmtpError("connect", f"The connection to the SMTP server {self.host}:{self.port} is closed; it will be retried.")
@@ -337,6 +354,7 @@ class SmtpConnection:
                 client._rset()
                 raise self._all_refused(refused)
             client.end_of_data_sent = False
+            client.before_end_of_data = before_end_of_data
             try:
                 code, text = client.data(raw)
             except smtplib.SMTPDataError as error:  # the DATA command itself was refused: nothing sent
@@ -354,11 +372,16 @@ class SmtpConnection:
                         server_text=str(error),
                     ) from error
                 raise
+            finally:
+                client.before_end_of_data = None
             if code != 250:
                 client._rset()
                 raise _error_from_reply(code, text, "DATA")
             return SendOutcome(accepted=accepted, refused=refused, reply_code=code, reply_text=_decode(text))
         except SmtpError:
+            raise
+        except EndOfDataWithheld:
+            self._abandon()  # the server is reading the body: only closing ends it unsent
             raise
         except Exception as error:
             self._abandon()

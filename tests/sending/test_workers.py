@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from email import message_from_bytes
 from typing import Any
@@ -26,12 +27,16 @@ from worker.jobs.send import recover, recover_sent_copies, sweep
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi"]
 
 
-def _kill_at_the_gate(cli_env, gated, never_reached: str) -> None:
-    """Start a worker, kill -9 it once the gated server holds a session before DATA, then
-    let that dead session end without DATA."""
+def _kill_at_the_gate(cli_env, gated, never_reached: str, recorded=lambda: True) -> None:
+    """Start a worker, kill -9 it once the gated server holds a session before DATA (and
+    `recorded()` holds), then let that dead session end without DATA."""
     victim = _worker(cli_env)
     try:
         assert gated.reached_rcpt.wait(120), never_reached
+        deadline = time.monotonic() + 60
+        while not recorded():
+            assert time.monotonic() < deadline, "the message before was never recorded"
+            time.sleep(0.02)
     finally:
         os.kill(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=30)
@@ -190,7 +195,10 @@ def test_kill_9_in_the_middle_of_a_batch_leaves_one_copy_of_each_after_recovery(
                                    "to4@remote.example"])]
     db.session.commit()
 
-    _kill_at_the_gate(cli_env, gated, "the worker never reached the third message")
+    # The third message's RCPT goes out while the second one's outcome is committed (the
+    # end of DATA waits for it): the kill comes once that commit is in.
+    _kill_at_the_gate(cli_env, gated, "the worker never reached the third message",
+                      recorded=lambda: _states(ids[1:2]) != ["sending"])
 
     # One job took them all: the first two are out and recorded, the rest still claimed.
     assert _states(ids) == ["sent", "retry-wait", "sending", "sending", "sending"]

@@ -12,6 +12,14 @@ commit before a byte of it leaves; each message's outcome (who accepted, who ref
 its state) is committed right after its SMTP reply. The jobs of messages a batch already
 sent find them not due and return at once.
 
+The SMTP exchanges run on a thread of their own (`_SmtpPipeline`) while the job's thread
+commits outcomes: the next message's MAIL, RCPT and DATA go out during the commit of the
+one before, and only its end of DATA waits for that commit. So no more than one message
+is ever between its end of DATA and its recorded outcome, as when sending one at a time.
+An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
+nothing; a power cut can take back the last outcomes, and those messages are then sent
+again like any claimed by a dead worker (Postfix's delivery agents make the same choice).
+
 Policy for the RFC 1047 window (the connection is lost after the end of DATA went out and
 before the server's reply came back): the server may well have accepted the message, and
 resending would deliver a second copy to everyone. We do NOT resend automatically: the
@@ -40,7 +48,11 @@ import atexit
 import dataclasses
 import hashlib
 import logging
+import queue
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -49,13 +61,14 @@ from sqlalchemy import bindparam, case, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from webapp import durability
 from webapp.extensions import db
 from webapp.models import MailAccount, User
 from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
 from webapp.services.delivery import Incoming, deliver_many
-from worker.smtp import SendOutcome, SmtpConnection, SmtpError
+from worker.smtp import EndOfDataWithheld, SendOutcome, SmtpConnection, SmtpError
 
 log = logging.getLogger("skydesk.send")
 
@@ -72,7 +85,7 @@ SWEEP_INTERVAL = timedelta(seconds=60)
 IDLE_SECONDS = 20.0
 _RETRYABLE = ("temporary", "connect", "timeout")
 # A batch claims this many messages at a time: one statement, one commit for the group.
-BATCH_SIZE = 50
+BATCH_SIZE = 200
 # A batch claims no new group after this long; a group still being sent this long after
 # the job began gives its unsent messages back. Both well inside the job timeout (whose
 # end raises in the middle of a message) and the lease (so no claim outlives its job).
@@ -118,27 +131,34 @@ class _Transport:
         # The password's hash only: the key must not keep a second plaintext copy around.
         self.key = (host, port, security, username,
                     hashlib.sha256(password.encode()).hexdigest())
+        # Read here, on the job's thread: the session may be opened on the sending thread.
+        self.ca_bundle = current_app.config.get("MAIL_CA_BUNDLE")
 
     def connect(self) -> SmtpConnection:
         """A new signed-in SMTP session."""
         connection = SmtpConnection(self.host, self.port, security=self.security,
                                     username=self.username or None,
                                     password=self.password or None, timeout=60.0,
-                                    ca_bundle=current_app.config.get("MAIL_CA_BUNDLE"))
+                                    ca_bundle=self.ca_bundle)
         connection.open()
         return connection
 
 
 def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
-               raw: bytes) -> SendOutcome:
-    """Send through a cached session if one is open, else a new one; keep it for the next."""
+               raw: bytes, before_end_of_data: Callable[[], None] | None = None
+               ) -> SendOutcome:
+    """Send through a cached session if one is open, else a new one; keep it for the next.
+
+    `before_end_of_data` runs after the server's 354, before the message goes (it may
+    withhold it: see SmtpConnection.send).
+    """
     now = time.monotonic()
     _close_idle(now)
     cached = _connections.pop(transport.key, None)
     if cached is not None:
         connection = cached[0]
         try:
-            outcome = connection.send(envelope_from, recipients, raw)
+            outcome = connection.send(envelope_from, recipients, raw, before_end_of_data)
         except SmtpError as error:
             if error.kind != "connect":
                 _keep(transport, connection)
@@ -151,7 +171,7 @@ def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
             return outcome
     connection = transport.connect()
     try:
-        outcome = connection.send(envelope_from, recipients, raw)
+        outcome = connection.send(envelope_from, recipients, raw, before_end_of_data)
     except SmtpError:
         _keep(transport, connection)
         raise
@@ -605,6 +625,93 @@ def recover_sent_copies(session: Session, now: datetime | None = None) -> list[i
 # --- the job ----------------------------------------------------------------------------
 
 
+class _SmtpPipeline:
+    """The SMTP side of a group, on a thread of its own, while the job's thread records.
+
+    Messages are put in order and come back in the same order from `result()`, as
+    ("sent", SendOutcome), ("error", SmtpError), ("unsent", None) or ("crash", exception).
+    The end of DATA of a message is held until every message put before it is settled
+    (`settle()`: its outcome committed). So a crash can still leave at most one message
+    whose fate is unknown, as when sending one at a time, while the next message's MAIL,
+    RCPT and DATA commands go out during that commit instead of after it.
+
+    After a transport error, the deadline, or `settle(False)`, nothing more is sent: the
+    message held at the end of DATA is withheld (its session closed, nothing delivered),
+    and every further one comes back "unsent".
+    """
+
+    # Messages handed over ahead of the one being recorded (bytes held in memory).
+    AHEAD = 2
+
+    def __init__(self, transport: _Transport, deadline: float | None):
+        self._transport = transport
+        self._deadline = deadline
+        self._feed: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._settled = 0
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="smtp-send", daemon=True)
+        self._thread.start()
+
+    def put(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+        """Hand over the next message."""
+        self._feed.put((envelope_from, recipients, raw))
+
+    def result(self) -> tuple[str, object]:
+        """What became of the oldest message not yet returned (waits for it)."""
+        return self._results.get()
+
+    def settle(self, go_on: bool = True) -> None:
+        """The oldest message's outcome is committed; with go_on False, send nothing more."""
+        with self._condition:
+            self._settled += 1
+            self._stopped = self._stopped or not go_on
+            self._condition.notify_all()
+
+    def close(self) -> None:
+        """Send nothing more and wait for the thread to finish its current exchange."""
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+        self._feed.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        index = 0
+        halted = False
+        while (item := self._feed.get()) is not None:
+            if halted or self._stopped or (self._deadline is not None
+                                           and time.monotonic() > self._deadline):
+                halted = True
+                self._results.put(("unsent", None))
+                continue
+            envelope_from, recipients, raw = item
+            try:
+                outcome = _send_over(self._transport, envelope_from, recipients, raw,
+                                     lambda settled=index: self._wait_settled(settled))
+            except EndOfDataWithheld:
+                halted = True
+                self._results.put(("unsent", None))
+            except SmtpError as error:
+                halted = error.kind in _TRANSPORT_ERRORS
+                self._results.put(("error", error))
+            except BaseException as error:  # noqa: BLE001 - reported to the job's thread
+                halted = True
+                self._results.put(("crash", error))
+            else:
+                self._results.put(("sent", outcome))
+            index += 1
+
+    def _wait_settled(self, count: int) -> None:
+        """Hold the end of DATA until `count` messages are settled; withhold it if stopped."""
+        with self._condition:
+            while self._settled < count and not self._stopped:
+                self._condition.wait()
+            if self._stopped:
+                raise EndOfDataWithheld()
+
+
 class _Batch:
     """One job's run over one transport: its own message, then more due ones, group by group."""
 
@@ -623,6 +730,8 @@ class _Batch:
         transport, relay, problem = _transport_for(self.session, self.lane)
         go_on = self._group([first_id], transport, relay, problem, first=True)
         while go_on and time.monotonic() - self.started < BATCH_SECONDS:
+            # A claim is committed durably: it is what stops a second send after a crash.
+            durability.strict(self.session)
             transport, relay, problem = _transport_for(self.session, self.lane)
             if transport is None:
                 self.session.rollback()
@@ -657,18 +766,7 @@ class _Batch:
                 self.states[ids[0]] = "failed"
             return False
         _ensure_sweep_scheduled()
-        owed: list[tuple[_Claimed, bytes | Exception]] = []
-        go_on = True
-        for index, row in enumerate(ready):
-            if not go_on or (not first and time.monotonic() - self.started
-                             > GROUP_DEADLINE_SECONDS):
-                self._release(ready[index:])
-                go_on = False
-                break
-            go_on, raw = self._send_one(row, transport)
-            if raw is not None and row.sent_at is not None and row.owes_sent_copy \
-                    and row.lease_until is not None:
-                owed.append((row, raw))
+        go_on, owed = self._send_all(ready, transport, first) if ready else (True, [])
         if owed:
             try:
                 _file_sent_copies(session, owed, self.accounts)
@@ -679,6 +777,123 @@ class _Batch:
         # Given-back messages get new jobs (_enqueue_follow_ups): the first ones can go too.
         self._discard_first_jobs([row.id for row in rows])
         return go_on
+
+    def _send_all(self, ready: list[_Claimed], transport: _Transport, first: bool
+                  ) -> tuple[bool, list[tuple[_Claimed, bytes]]]:
+        """Send the group through a pipeline, recording each outcome as it comes back.
+
+        Returns whether the batch may go on, and the messages owed a Sent copy with their
+        bytes. What is not sent (the batch stopped, the group ran out of time) is given back.
+        """
+        deadline = None if first else self.started + GROUP_DEADLINE_SECONDS
+        pipeline = _SmtpPipeline(transport, deadline)
+        waiting = deque(ready)
+        fed: deque[tuple[_Claimed, bytes]] = deque()
+        unsent: list[_Claimed] = []
+        owed: list[tuple[_Claimed, bytes]] = []
+        go_on = True
+        try:
+            while True:
+                # The next message is read and handed over while this one is out: its MAIL,
+                # RCPT and DATA can go while this thread commits the outcome before it.
+                while go_on and waiting and len(fed) < _SmtpPipeline.AHEAD:
+                    row = waiting.popleft()
+                    prepared = self._prepare(row)
+                    if prepared is not None:
+                        pipeline.put(row.envelope_from, *prepared)
+                        fed.append((row, prepared[1]))
+                if not fed:
+                    break
+                row, raw = fed.popleft()
+                kind, result = pipeline.result()
+                if kind == "unsent":
+                    unsent.append(row)
+                    go_on = False
+                    continue
+                ok, sent_out = self._record(row, kind, result)
+                pipeline.settle(ok)
+                go_on = go_on and ok
+                if sent_out and row.sent_at is not None and row.owes_sent_copy \
+                        and row.lease_until is not None:
+                    owed.append((row, raw))
+        finally:
+            pipeline.close()
+        if unsent or waiting:
+            self._release(unsent + list(waiting))
+        return go_on, owed
+
+    def _prepare(self, row: _Claimed) -> tuple[list[str], bytes] | None:
+        """The recipients still to send to and the bytes, or None if the row was settled
+        here (nobody left to send to, or its bytes are unreadable)."""
+        session = self.session
+        pending = [r.address for r in row.recipients if r.state in ("pending", "deferred")]
+        if not pending:
+            row.state = "sent"
+            row.lease_until = None
+            _write(session, row)
+            blobs.drop_references(session, [row.blob_sha256])
+            session.commit()
+            self.states[row.id] = row.state
+            return None
+        try:
+            return pending, self.store.get(row.blob_sha256)
+        except Exception as error:  # noqa: BLE001 - this message's bytes; the others may go
+            log.exception("outgoing %s: bytes not readable", row.id)
+            _fail(row, "internal", f"Could not send: {error}. Your administrator can see the "
+                  "details in the worker's log; press Retry once it is fixed.",
+                  server_text=repr(error))
+            _write(session, row)
+            session.commit()
+            self.states[row.id] = row.state
+            return None
+
+    def _record(self, row: _Claimed, kind: str, result) -> tuple[bool, bool]:
+        """Commit what the server made of one message; (may the batch go on, was it sent).
+
+        The commit does not wait for the disk (see webapp.durability): a killed worker
+        loses nothing, and what a power cut could take back is a message that then looks
+        claimed by a dead worker and is sent again. Postfix's delivery agents make the same
+        choice: they mark a recipient done in the queue file without syncing it.
+        """
+        session = self.session
+        sent_out = False
+        go_on = True
+        try:
+            durability.relax(session)
+            if kind == "crash":
+                raise result
+            if kind == "error":
+                retry_at = _apply_error(row, result, utcnow())
+                go_on = result.kind not in _TRANSPORT_ERRORS
+                log.info("outgoing %s attempt %s: %s", row.id, row.attempts, result)
+            else:
+                sent_out = True
+                retry_at = _apply_outcome(row, result, utcnow())
+            _write(session, row)
+            if row.state == "sent" and not row.owes_sent_copy:
+                # Nothing more will be sent or filed: the outbox's copy of the bytes can go.
+                blobs.drop_references(session, [row.blob_sha256])
+            session.commit()
+        except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
+            log.exception("outgoing %s: unexpected failure", row.id)
+            session.rollback()
+            if sent_out:
+                _write_failure(session, row.id, "uncertain", "The server accepted the message "
+                               "but recording that failed; it was probably delivered. Check "
+                               "before sending it again.", str(error), state="uncertain")
+                self.states[row.id] = "uncertain"
+            else:
+                _write_failure(session, row.id, "internal",
+                               f"Could not send: {error}. Your administrator can see the "
+                               "details in the worker's log; press Retry once it is fixed.",
+                               repr(error))
+                self.states[row.id] = "failed"
+            session.commit()
+            return False, False
+        self.states[row.id] = row.state
+        if retry_at is not None:
+            self.retries.append((row.id, retry_at))
+        return go_on, sent_out
 
     def _check(self, rows: list[_Claimed], transport: _Transport | None,
                relay: outbox.RelaySettings | None, problem: str) -> list[_Claimed]:
@@ -717,67 +932,6 @@ class _Batch:
                 _write(self.session, row)
                 self.states[row.id] = row.state
         return ready
-
-    def _send_one(self, row: _Claimed, transport: _Transport) -> tuple[bool, bytes | None]:
-        """Send one claimed message and commit its outcome; (may the batch go on, its bytes)."""
-        session = self.session
-        pending = [r.address for r in row.recipients if r.state in ("pending", "deferred")]
-        if not pending:
-            row.state = "sent"
-            row.lease_until = None
-            _write(session, row)
-            blobs.drop_references(session, [row.blob_sha256])
-            session.commit()
-            self.states[row.id] = row.state
-            return True, None
-        try:
-            raw = self.store.get(row.blob_sha256)
-        except Exception as error:  # noqa: BLE001 - this message's bytes; the others may go
-            log.exception("outgoing %s: bytes not readable", row.id)
-            _fail(row, "internal", f"Could not send: {error}. Your administrator can see the "
-                  "details in the worker's log; press Retry once it is fixed.",
-                  server_text=repr(error))
-            _write(session, row)
-            session.commit()
-            self.states[row.id] = row.state
-            return True, None
-        sent_out = False
-        go_on = True
-        try:
-            try:
-                outcome = _send_over(transport, row.envelope_from, pending, raw)
-            except SmtpError as error:
-                retry_at = _apply_error(row, error, utcnow())
-                go_on = error.kind not in _TRANSPORT_ERRORS
-                log.info("outgoing %s attempt %s: %s", row.id, row.attempts, error)
-            else:
-                sent_out = True
-                retry_at = _apply_outcome(row, outcome, utcnow())
-            _write(session, row)
-            if row.state == "sent" and not row.owes_sent_copy:
-                # Nothing more will be sent or filed: the outbox's copy of the bytes can go.
-                blobs.drop_references(session, [row.blob_sha256])
-            session.commit()
-        except Exception as error:  # noqa: BLE001 - the row must say what happened, whatever it was
-            log.exception("outgoing %s: unexpected failure", row.id)
-            session.rollback()
-            if sent_out:
-                _write_failure(session, row.id, "uncertain", "The server accepted the message "
-                               "but recording that failed; it was probably delivered. Check "
-                               "before sending it again.", str(error), state="uncertain")
-                self.states[row.id] = "uncertain"
-            else:
-                _write_failure(session, row.id, "internal",
-                               f"Could not send: {error}. Your administrator can see the "
-                               "details in the worker's log; press Retry once it is fixed.",
-                               repr(error))
-                self.states[row.id] = "failed"
-            session.commit()
-            return False, None
-        self.states[row.id] = row.state
-        if retry_at is not None:
-            self.retries.append((row.id, retry_at))
-        return go_on, raw
 
     def _release(self, rows: list[_Claimed]) -> None:
         """Give claimed, unsent messages back to the queue as they were (attempt not used)."""
@@ -821,8 +975,19 @@ def send_message(outgoing_id: int) -> str:
 
     Idempotent: a message not due or not ours is left alone, and the job returns at once.
     Returns the state of the message the job was for.
+
+    The job holds one database connection throughout: a transaction per message, each
+    taking a connection from the pool (and checking it) would cost more than the message.
     """
-    session = db.session
+    with db.engine.connect() as connection:
+        session = Session(bind=connection)
+        try:
+            return _send_message(session, outgoing_id)
+        finally:
+            session.close()
+
+
+def _send_message(session: Session, outgoing_id: int) -> str:
     claimed = _claim(session, outgoing_id, utcnow())
     if claimed is None:
         session.rollback()
