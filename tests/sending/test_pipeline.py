@@ -1,0 +1,160 @@
+"""The send pipeline (issue #5): SMTP exchanges on their own thread while outcomes commit.
+
+The next message's commands go out while the outcome before it commits, but its end of DATA
+waits for that commit: at most one message is ever sent and not yet recorded.
+"""
+from __future__ import annotations
+
+import threading
+from email import message_from_bytes
+from typing import Any
+
+from sqlalchemy import select
+
+from tests.fixtures.smtpserver import ScriptedHandler
+from webapp.extensions import db
+from webapp.models.sending import OutgoingMessage
+from webapp.services import outbox
+from worker.jobs.send import send_message
+
+
+def _queue_many(user, count: int) -> list[int]:
+    ids = [outbox.queue_message(db.session, user, None, f"to{n}@remote.example", "", "",
+                                f"Message {n}", "Body\n", None, [], None, None).id
+           for n in range(count)]
+    db.session.commit()
+    return ids
+
+
+def _rows(ids: list[int]) -> list[OutgoingMessage]:
+    db.session.expire_all()
+    return [db.session.get(OutgoingMessage, i) for i in ids]
+
+
+def _hold_writes(engine, outgoing_id: int):
+    """Block every write to this outgoing row (on SQLite: every write) from a connection of
+    its own; returns the function that lets them through."""
+    connection = engine.connect()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.execute(select(OutgoingMessage.id).where(OutgoingMessage.id == outgoing_id)
+                           .with_for_update())
+
+    def release() -> None:
+        connection.rollback()
+        connection.close()
+    return release
+
+
+class RecordsWhatWasCommitted(ScriptedHandler):
+    """At each message's end of DATA, notes the states committed for the messages before it.
+
+    The second message's DATA also holds the database's writes for `hold_seconds`, so the
+    worker's commit of its outcome waits while the third goes as far as it may. (The job's
+    first group is its own message alone; the other two are claimed together after it.)
+    """
+
+    def __init__(self, engine, ids: list[int], hold_seconds: float) -> None:
+        super().__init__()
+        self.engine = engine  # the handler runs on the server's thread, outside the app
+        self.ids = ids
+        self.hold_seconds = hold_seconds
+        self.seen: list[tuple[str, list[str]]] = []
+        self.released = threading.Event()
+
+    def _committed_states(self) -> list[str]:
+        with self.engine.connect() as connection:
+            states = dict(connection.execute(
+                select(OutgoingMessage.id, OutgoingMessage.state)
+                .where(OutgoingMessage.id.in_(self.ids))).all())
+        return [states[i] for i in self.ids]
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        subject = message_from_bytes(envelope.original_content)["Subject"]
+        self.seen.append((subject, self._committed_states()))
+        if len(self.seen) == 2:
+            release = _hold_writes(self.engine, self.ids[1])
+            timer = threading.Timer(self.hold_seconds, lambda: (release(),
+                                                                self.released.set()))
+            timer.start()
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_the_next_end_of_data_waits_for_the_outcome_before_it(app, user, smtp_server,
+                                                             use_relay):
+    server = smtp_server()
+    ids = _queue_many(user, 3)
+    handler = RecordsWhatWasCommitted(db.engine, ids, hold_seconds=1.0)
+    server.controller.handler = server.handler = handler
+    use_relay(server)
+
+    assert send_message(ids[0]) == "sent"
+
+    assert handler.released.is_set()
+    # Each message arrived only once the one before it was committed as sent, although the
+    # second one's commit was held back for a second (the third one's commands went out
+    # meanwhile; a pipeline that did not wait would have delivered it in that second).
+    assert handler.seen == [
+        ("Message 0", ["sending", "queued", "queued"]),
+        ("Message 1", ["sent", "sending", "sending"]),
+        ("Message 2", ["sent", "sent", "sending"]),
+    ]
+    assert [r.state for r in _rows(ids)] == ["sent"] * 3
+    assert len({m.peer for m in server.messages}) == 1  # one session throughout
+
+
+def _fail_recording(outgoing_id: int):
+    """Make the database refuse to record this message as sent (a real trigger)."""
+    with db.engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON outgoing_message "
+                f"WHEN NEW.id = {outgoing_id} AND NEW.state = 'sent' "
+                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_sent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'disk says no'; END $$")
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON outgoing_message "
+                f"FOR EACH ROW WHEN (NEW.id = {outgoing_id} AND NEW.state = 'sent') "
+                "EXECUTE FUNCTION refuse_sent()")
+
+    def undo() -> None:
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER refuse_sent" + (
+                "" if connection.dialect.name == "sqlite" else " ON outgoing_message"))
+            if connection.dialect.name != "sqlite":
+                connection.exec_driver_sql("DROP FUNCTION refuse_sent()")
+    return undo
+
+
+def test_an_outcome_that_cannot_be_recorded_stops_the_next_message_before_its_end(
+        app, user, smtp_server, use_relay):
+    server = smtp_server()
+    use_relay(server)
+    ids = _queue_many(user, 3)
+    # The job sends its own message first, then claims the other two as one group.
+    undo = _fail_recording(ids[1])
+    try:
+        assert send_message(ids[0]) == "sent"
+    finally:
+        undo()
+
+    first, second, third = _rows(ids)
+    assert first.state == "sent"
+    # The second went out, but its outcome could not be written: it says so, and is never
+    # sent again on its own.
+    assert second.state == "uncertain" and "probably delivered" in second.last_error_message
+    # The third had reached DATA when that happened: its end of DATA was withheld, the
+    # session closed with nothing of it delivered, and it went back to the queue unspent.
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"],
+                                                     ["to1@remote.example"]]
+    assert (third.state, third.attempts, third.lease_until) == ("queued", 0, None)
+
+    # Its own job sends it later, once.
+    assert send_message(ids[2]) == "sent"
+    assert [r.state for r in _rows(ids)] == ["sent", "uncertain", "sent"]
+    assert [m.rcpt_tos[0] for m in server.messages] == \
+        ["to0@remote.example", "to1@remote.example", "to2@remote.example"]

@@ -1,0 +1,87 @@
+"""Commits that need not wait for the disk (webapp.durability), on the real databases."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from webapp import durability
+from webapp.extensions import db
+from webapp.models import Organization
+
+FULL, NORMAL = 2, 1
+
+
+def _synchronous(dbapi_connection) -> int:
+    return dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def _only(dialect: str) -> None:
+    if db.engine.dialect.name != dialect:
+        pytest.skip(f"{dialect} only")
+
+
+def test_sqlite_relaxes_until_told_or_until_the_connection_goes_back(app, org):
+    _only("sqlite")
+    with db.engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        session = Session(bind=connection)
+        assert _synchronous(dbapi_connection) == FULL  # every connection starts synced
+
+        assert durability.relax(session) is True
+        assert _synchronous(dbapi_connection) == NORMAL
+        session.get(Organization, org.id).name = "Relaxed"
+        session.commit()
+        assert _synchronous(dbapi_connection) == NORMAL  # held: stays relaxed, no statement
+
+        durability.strict(session)
+        assert _synchronous(dbapi_connection) == FULL
+        session.rollback()
+
+        assert durability.relax(session) is True
+        session.rollback()
+        session.close()
+    # Back in the pool: synced again for whoever takes it next.
+    assert _synchronous(dbapi_connection) == FULL
+    db.session.expire_all()
+    assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == \
+        "Relaxed"
+
+
+def test_sqlite_cannot_relax_a_transaction_that_already_wrote(app, org):
+    _only("sqlite")
+    with db.engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        session = Session(bind=connection)
+        session.get(Organization, org.id).name = "Written first"
+        session.flush()
+        assert durability.relax(session) is False  # the commit then simply stays synced
+        assert _synchronous(dbapi_connection) == FULL
+        session.commit()
+        session.close()
+
+
+def test_postgresql_relaxes_one_transaction_only(app, org):
+    _only("postgresql")
+    with db.engine.connect() as connection:
+        session = Session(bind=connection)  # the session's transactions are the connection's
+
+        def setting() -> str:
+            return session.connection().exec_driver_sql("SHOW synchronous_commit").scalar_one()
+
+        default = setting()
+        session.rollback()
+        assert default != "off"
+
+        assert durability.relax(session) is True
+        assert setting() == "off"
+        session.get(Organization, org.id).name = "Relaxed"
+        session.commit()
+        assert setting() == default
+        durability.strict(session)  # nothing to undo: SET LOCAL ended with its transaction
+        assert setting() == default
+        session.rollback()
+        session.close()
+    db.session.expire_all()
+    assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == \
+        "Relaxed"
