@@ -1,12 +1,26 @@
 """Migrations: one head, and the migrated schema is exactly what the models declare."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from webapp.extensions import db
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """Alembic's env.py runs logging.fileConfig, which points the root logger at the
+    sys.stderr of the moment: a test's capture stream, closed once the test ends. Later
+    log records (a server thread's, say) would then fail with "Logging error"."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def include_object(obj, name, type_, reflected, compare_to):

@@ -670,12 +670,17 @@ class _SmtpPipeline:
             self._condition.notify_all()
 
     def close(self) -> None:
-        """Send nothing more and wait for the thread to finish its current exchange."""
+        """Send nothing more, and let the thread end.
+
+        After a normal group the thread is idle and ends at once. If the job's thread is
+        leaving on an exception (the job timeout), the thread may be waiting for a reply:
+        it is not waited for long, since no end of DATA can leave after this.
+        """
         with self._condition:
             self._stopped = True
             self._condition.notify_all()
         self._feed.put(None)
-        self._thread.join()
+        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         index = 0
