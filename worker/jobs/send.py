@@ -783,6 +783,44 @@ class _Batch:
         self._discard_first_jobs([row.id for row in rows])
         return go_on
 
+    def _check(self, rows: list[_Claimed], transport: _Transport | None,
+               relay: outbox.RelaySettings | None, problem: str) -> list[_Claimed]:
+        """Fail what cannot go (crash loops, no transport, daily limits); the rest, to send."""
+        ready: list[_Claimed] = []
+        for row in rows:
+            if row.attempts > CRASH_LIMIT:
+                # Only dead claims get this far without an outcome being written: the
+                # message kills whatever worker takes it. Stop rather than take every
+                # worker down.
+                _fail(row, "internal", "Sending this message stopped the sending worker "
+                      "repeatedly; it was not retried again. Your administrator can see why "
+                      "in the worker's log.")
+            elif transport is None:
+                _fail(row, "config", problem)
+            else:
+                ready.append(row)
+        if relay is not None:
+            uncounted = [row for row in ready if not row.counted]
+            verdicts = outbox.count_many_against_limits(
+                self.session, self.lane.org_id, [row.user_id for row in uncounted], relay,
+                utcnow().date()) if uncounted else []
+            refused = {row.id for row, refusal in zip(uncounted, verdicts)
+                       if refusal is not None}
+            for row, refusal in zip(uncounted, verdicts):
+                if refusal is not None:
+                    _fail(row, "limit", refusal)
+            counted = [row.id for row, refusal in zip(uncounted, verdicts) if refusal is None]
+            if counted:
+                self.session.connection().execute(
+                    update(_OUTGOING).where(_OUTGOING.c.id.in_(counted)).values(counted=True))
+            ready = [row for row in ready if row.id not in refused]
+        going = {row.id for row in ready}
+        for row in rows:
+            if row.id not in going:
+                _write(self.session, row)
+                self.states[row.id] = row.state
+        return ready
+
     def _send_all(self, ready: list[_Claimed], transport: _Transport, first: bool
                   ) -> tuple[bool, list[tuple[_Claimed, bytes]]]:
         """Send the group through a pipeline, recording each outcome as it comes back.
@@ -899,44 +937,6 @@ class _Batch:
         if retry_at is not None:
             self.retries.append((row.id, retry_at))
         return go_on, sent_out
-
-    def _check(self, rows: list[_Claimed], transport: _Transport | None,
-               relay: outbox.RelaySettings | None, problem: str) -> list[_Claimed]:
-        """Fail what cannot go (crash loops, no transport, daily limits); the rest, to send."""
-        ready: list[_Claimed] = []
-        for row in rows:
-            if row.attempts > CRASH_LIMIT:
-                # Only dead claims get this far without an outcome being written: the
-                # message kills whatever worker takes it. Stop rather than take every
-                # worker down.
-                _fail(row, "internal", "Sending this message stopped the sending worker "
-                      "repeatedly; it was not retried again. Your administrator can see why "
-                      "in the worker's log.")
-            elif transport is None:
-                _fail(row, "config", problem)
-            else:
-                ready.append(row)
-        if relay is not None:
-            uncounted = [row for row in ready if not row.counted]
-            verdicts = outbox.count_many_against_limits(
-                self.session, self.lane.org_id, [row.user_id for row in uncounted], relay,
-                utcnow().date()) if uncounted else []
-            refused = {row.id for row, refusal in zip(uncounted, verdicts)
-                       if refusal is not None}
-            for row, refusal in zip(uncounted, verdicts):
-                if refusal is not None:
-                    _fail(row, "limit", refusal)
-            counted = [row.id for row, refusal in zip(uncounted, verdicts) if refusal is None]
-            if counted:
-                self.session.connection().execute(
-                    update(_OUTGOING).where(_OUTGOING.c.id.in_(counted)).values(counted=True))
-            ready = [row for row in ready if row.id not in refused]
-        going = {row.id for row in ready}
-        for row in rows:
-            if row.id not in going:
-                _write(self.session, row)
-                self.states[row.id] = row.state
-        return ready
 
     def _release(self, rows: list[_Claimed]) -> None:
         """Give claimed, unsent messages back to the queue as they were (attempt not used)."""
