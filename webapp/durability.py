@@ -9,13 +9,15 @@ still lose nothing, may call `relax(session)` before its first write. Its commit
 returns once the database has it, without waiting for the disk: SQLite writes its WAL
 without syncing it (synchronous=NORMAL), PostgreSQL does not wait for its WAL flush
 (synchronous_commit=off). A killed worker loses nothing; a power cut (or a crash of the
-PostgreSQL server) may roll back the last fraction of a second of such commits, leaving
-the rows as they were before them.
+operating system, or of the PostgreSQL server) may roll back the most recent such commits
+(on SQLite, those since its WAL was last synced), leaving the rows as they were before.
 
 On PostgreSQL this holds for the one transaction (SET LOCAL). SQLite's setting belongs to
-the connection: it stays relaxed, saving a statement per transaction, until
-`strict(session)` or until the connection goes back to the pool, which restores it. No
-transaction that did not ask for it ever commits unsynced.
+the connection: it stays relaxed, saving a statement per transaction, for every later
+transaction of whoever holds the connection, until `strict(session)` or until the
+connection goes back to the pool, which restores it. So a holder that relaxes once must
+call `strict` before any transaction that has to be synced; no one else ever gets a
+relaxed connection.
 """
 from __future__ import annotations
 

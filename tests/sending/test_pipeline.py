@@ -5,16 +5,20 @@ waits for that commit: at most one message is ever sent and not yet recorded.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 from email import message_from_bytes
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from sqlalchemy import event, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from tests.fixtures.smtpserver import ScriptedHandler
 from webapp.extensions import db
 from webapp.models.sending import OutgoingMessage
-from webapp.services import outbox
+from webapp.services import blobs, outbox
 from worker.jobs.send import send_message
 
 
@@ -104,13 +108,13 @@ def test_the_next_end_of_data_waits_for_the_outcome_before_it(app, user, smtp_se
     assert len({m.peer for m in server.messages}) == 1  # one session throughout
 
 
-def _fail_recording(outgoing_id: int):
-    """Make the database refuse to record this message as sent (a real trigger)."""
+def _fail_recording(outgoing_id: int, state: str = "sent"):
+    """Make the database refuse to record this message in this state (a real trigger)."""
     with db.engine.begin() as connection:
         if connection.dialect.name == "sqlite":
             connection.exec_driver_sql(
                 "CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON outgoing_message "
-                f"WHEN NEW.id = {outgoing_id} AND NEW.state = 'sent' "
+                f"WHEN NEW.id = {outgoing_id} AND NEW.state = '{state}' "
                 "BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
         else:
             connection.exec_driver_sql(
@@ -118,7 +122,7 @@ def _fail_recording(outgoing_id: int):
                 "RAISE EXCEPTION 'disk says no'; END $$")
             connection.exec_driver_sql(
                 "CREATE TRIGGER refuse_sent BEFORE UPDATE OF state ON outgoing_message "
-                f"FOR EACH ROW WHEN (NEW.id = {outgoing_id} AND NEW.state = 'sent') "
+                f"FOR EACH ROW WHEN (NEW.id = {outgoing_id} AND NEW.state = '{state}') "
                 "EXECUTE FUNCTION refuse_sent()")
 
     def undo() -> None:
@@ -130,9 +134,24 @@ def _fail_recording(outgoing_id: int):
     return undo
 
 
+class NotesRecipients(ScriptedHandler):
+    """Also notes every RCPT the server accepted, whether or not DATA followed."""
+
+    def __init__(self, **script: Any) -> None:
+        super().__init__(**script)
+        self.rcpts: list[str] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        self.rcpts.append(address)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
 def test_an_outcome_that_cannot_be_recorded_stops_the_next_message_before_its_end(
         app, user, smtp_server, use_relay):
     server = smtp_server()
+    handler = NotesRecipients()
+    server.controller.handler = server.handler = handler
     use_relay(server)
     ids = _queue_many(user, 3)
     # The job sends its own message first, then claims the other two as one group.
@@ -147,8 +166,10 @@ def test_an_outcome_that_cannot_be_recorded_stops_the_next_message_before_its_en
     # The second went out, but its outcome could not be written: it says so, and is never
     # sent again on its own.
     assert second.state == "uncertain" and "probably delivered" in second.last_error_message
-    # The third had reached DATA when that happened: its end of DATA was withheld, the
-    # session closed with nothing of it delivered, and it went back to the queue unspent.
+    # The third had reached DATA when that happened (the server took its recipient): its
+    # end of DATA was withheld, the session closed with nothing of it delivered, and it went
+    # back to the queue unspent.
+    assert "to2@remote.example" in handler.rcpts
     assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"],
                                                      ["to1@remote.example"]]
     assert (third.state, third.attempts, third.lease_until) == ("queued", 0, None)
@@ -158,3 +179,93 @@ def test_an_outcome_that_cannot_be_recorded_stops_the_next_message_before_its_en
     assert [r.state for r in _rows(ids)] == ["sent", "uncertain", "sent"]
     assert [m.rcpt_tos[0] for m in server.messages] == \
         ["to0@remote.example", "to1@remote.example", "to2@remote.example"]
+
+
+def test_a_database_error_beside_a_message_in_flight_still_records_it(app, user, smtp_server,
+                                                                      use_relay):
+    """Writing a message that cannot go (here: its bytes are gone, and the failure cannot
+    be written either) waits until the message in flight beside it is recorded; it used to
+    be written at once, and its error left that delivered message unrecorded, to be sent
+    again."""
+    server = smtp_server()
+    use_relay(server)
+    ids = _queue_many(user, 4)
+    blobs.get_store(app.config["BLOB_DIR"]).delete(_rows([ids[2]])[0].blob_sha256)
+    undo = _fail_recording(ids[2], state="failed")
+    try:
+        with pytest.raises(SQLAlchemyError, match="disk says no"):
+            send_message(ids[0])  # its own message, then the group of the three others
+    finally:
+        db.session.rollback()  # this test's reads: DROP TRIGGER waits for them on PostgreSQL
+        undo()
+
+    # Every message that went out is recorded as sent, once; the broken one keeps its
+    # claim for the sweep.
+    assert [r.state for r in _rows(ids)] == ["sent", "sent", "sending", "sent"]
+    assert [m.rcpt_tos for m in server.messages] == \
+        [["to0@remote.example"], ["to1@remote.example"], ["to3@remote.example"]]
+
+
+class SlowFor(ScriptedHandler):
+    """Answers the end of DATA for one recipient only after `seconds`."""
+
+    def __init__(self, address: str, seconds: float) -> None:
+        super().__init__()
+        self.address, self.seconds = address, seconds
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.address in envelope.rcpt_tos:
+            await asyncio.sleep(self.seconds)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_job_timeout_gives_back_what_was_never_handed_over(app, user, smtp_server,
+                                                             use_relay):
+    server = smtp_server()
+    server.controller.handler = server.handler = SlowFor("to1@remote.example", 4.0)
+    use_relay(server)
+    ids = _queue_many(user, 5)
+
+    # RQ's own timeout (SIGALRM) lands while the job waits for the slow server's answer.
+    with pytest.raises(JobTimeoutException):
+        with UnixSignalDeathPenalty(2, JobTimeoutException):
+            send_message(ids[0])
+
+    states = [(r.state, r.attempts) for r in _rows(ids)]
+    assert states[0] == ("sent", 1)
+    # The one out when the timeout struck, and the one handed over behind it, keep their
+    # claims (the first may have been delivered: the sweep decides after the lease).
+    assert states[1:3] == [("sending", 1), ("sending", 1)]
+    # The rest were never handed over: back in the queue at once, the attempt not spent.
+    assert states[3:] == [("queued", 0), ("queued", 0)]
+    assert all(r.lease_until is None for r in _rows(ids[3:]))
+
+
+def test_claims_commit_synced_and_outcomes_do_not(app, user, smtp_server, use_relay):
+    """On SQLite: each claim commits with synchronous=FULL, each outcome with NORMAL."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's per-connection setting; PostgreSQL's is per transaction")
+    server = smtp_server()
+    use_relay(server)
+    ids = _queue_many(user, 4)
+    seen: list[tuple[str, int]] = []
+
+    def note(connection, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("UPDATE outgoing_message SET state="):
+            kind = "claim" if "attempts=(outgoing_message.attempts +" in statement \
+                else "outcome"
+            level = connection.connection.dbapi_connection.execute(
+                "PRAGMA synchronous").fetchone()[0]
+            seen.append((kind, level))
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        assert send_message(ids[0]) == "sent"  # its own message, then a group of three
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+
+    claims = [level for kind, level in seen if kind == "claim"]
+    outcomes = [level for kind, level in seen if kind == "outcome"]
+    # FULL every time: the first, the group's after relaxed outcomes, the last finding none.
+    assert claims == [2, 2, 2]
+    assert outcomes == [1, 1, 1, 1]  # NORMAL

@@ -18,6 +18,7 @@ mostly empty are rewritten as files of their own (`compact`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import io
 import os
@@ -304,17 +305,27 @@ class LocalBlobStore:
             yield f"{path.parent.name}/{path.stem}", stat.st_size, stat.st_mtime
 
 
-def _locate_in_database(sha256: str) -> tuple[str, int, int] | None:
-    from webapp.extensions import db
-
-    with db.session.no_autoflush:  # a read must not write the caller's pending changes
-        row = db.session.execute(select(Blob.pack, Blob.pack_offset, Blob.size)
-                                 .where(Blob.sha256 == sha256)).first()
+def _locate_in(session: Session, sha256: str) -> tuple[str, int, int] | None:
+    with session.no_autoflush:  # a read must not write the caller's pending changes
+        row = session.execute(select(Blob.pack, Blob.pack_offset, Blob.size)
+                              .where(Blob.sha256 == sha256)).first()
     return (row.pack, row.pack_offset, row.size) if row and row.pack else None
 
 
-def get_store(blob_dir: str) -> LocalBlobStore:
-    """The configured store (local files under BLOB_DIR; packs located by `Blob` rows)."""
+def _locate_in_database(sha256: str) -> tuple[str, int, int] | None:
+    from webapp.extensions import db
+
+    return _locate_in(db.session, sha256)
+
+
+def get_store(blob_dir: str, session: Session | None = None) -> LocalBlobStore:
+    """The configured store (local files under BLOB_DIR; packs located by `Blob` rows).
+
+    Packs are located through `session` if given (a job with a session of its own: a
+    lookup must not leave the app's session in a transaction), else the app's session.
+    """
+    if session is not None:
+        return LocalBlobStore(blob_dir, locate=functools.partial(_locate_in, session))
     return LocalBlobStore(blob_dir, locate=_locate_in_database)
 
 

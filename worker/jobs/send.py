@@ -17,8 +17,9 @@ commits outcomes: the next message's MAIL, RCPT and DATA go out during the commi
 one before, and only its end of DATA waits for that commit. So no more than one message
 is ever between its end of DATA and its recorded outcome, as when sending one at a time.
 An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
-nothing; a power cut can take back the last outcomes, and those messages are then sent
-again like any claimed by a dead worker (Postfix's delivery agents make the same choice).
+nothing; a power cut can take back the outcomes since the last synced commit (each
+group's claim is one), and those messages are then sent again like any claimed by a dead
+worker (Postfix's delivery agents make the same choice).
 
 Policy for the RFC 1047 window (the connection is lost after the end of DATA went out and
 before the server's reply came back): the server may well have accepted the message, and
@@ -94,6 +95,8 @@ GROUP_DEADLINE_SECONDS = outbox.SEND_JOB_TIMEOUT * 3 // 4
 # Errors of the session rather than of one message: the rest of the group would meet the
 # same, so the batch stops and gives them back to their own jobs.
 _TRANSPORT_ERRORS = ("connect", "timeout", "auth", "tls", "cert_invalid")
+# Bytes of sent messages a group holds for their Sent copies; beyond, they are read again.
+OWED_BYTES = 64 * 1024 * 1024
 # Owed Sent copies filed per sweep (the rest at the next one).
 SWEEP_COPIES = 500
 
@@ -118,8 +121,9 @@ atexit.register(close_cached_connections)
 def _close_idle(now: float) -> None:
     for key, (connection, used) in list(_connections.items()):
         if now - used > IDLE_SECONDS or not connection.is_open:
-            del _connections[key]
-            connection.close()
+            # pop, not del: a sending thread a timed-out job left behind may take it first.
+            if _connections.pop(key, None) is not None:
+                connection.close()
 
 
 class _Transport:
@@ -723,7 +727,7 @@ class _Batch:
     def __init__(self, session: Session, lane: _Lane):
         self.session = session
         self.lane = lane
-        self.store = blobs.get_store(current_app.config["BLOB_DIR"])
+        self.store = blobs.get_store(current_app.config["BLOB_DIR"], session=session)
         self.started = time.monotonic()
         self.states: dict[int, str] = {}
         self.retries: list[tuple[int, datetime]] = []
@@ -772,13 +776,7 @@ class _Batch:
             return False
         _ensure_sweep_scheduled()
         go_on, owed = self._send_all(ready, transport, first) if ready else (True, [])
-        if owed:
-            try:
-                _file_sent_copies(session, owed, self.accounts)
-                session.commit()
-            except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
-                log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
-                session.rollback()
+        self._file_copies(owed)
         # Given-back messages get new jobs (_enqueue_follow_ups): the first ones can go too.
         self._discard_first_jobs([row.id for row in rows])
         return go_on
@@ -821,20 +819,48 @@ class _Batch:
                 self.states[row.id] = row.state
         return ready
 
+    def _file_copies(self, owed: list[tuple[_Claimed, bytes | None]]) -> None:
+        """File the Sent copies of a group and commit (bytes not held are read again); on
+        failure their leases stay, and the sweep files them later."""
+        if not owed:
+            return
+        with_bytes: list[tuple[_Claimed, bytes | Exception]] = []
+        for row, raw in owed:
+            if raw is None:
+                try:
+                    raw = self.store.get(row.blob_sha256)
+                except Exception as error:  # noqa: BLE001 - sent all the same; the Outbox says so
+                    raw = error
+            with_bytes.append((row, raw))
+        try:
+            _file_sent_copies(self.session, with_bytes, self.accounts)
+            self.session.commit()
+        except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
+            log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
+            self.session.rollback()
+
     def _send_all(self, ready: list[_Claimed], transport: _Transport, first: bool
-                  ) -> tuple[bool, list[tuple[_Claimed, bytes]]]:
+                  ) -> tuple[bool, list[tuple[_Claimed, bytes | None]]]:
         """Send the group through a pipeline, recording each outcome as it comes back.
 
-        Returns whether the batch may go on, and the messages owed a Sent copy with their
-        bytes. What is not sent (the batch stopped, the group ran out of time) is given back.
+        Returns whether the batch may go on, and the messages owed a Sent copy (with their
+        bytes while they fit in OWED_BYTES, else None: read again when filed). What is not
+        sent (the batch stopped, the group ran out of time) is given back.
+
+        While a message may be out and unrecorded, this thread writes nothing but outcomes:
+        a database error elsewhere must not leave that message unrecorded (it would be sent
+        again). Messages settled without sending are written once nothing is in flight.
         """
         deadline = None if first else self.started + GROUP_DEADLINE_SECONDS
         pipeline = _SmtpPipeline(transport, deadline)
         waiting = deque(ready)
         fed: deque[tuple[_Claimed, bytes]] = deque()
         unsent: list[_Claimed] = []
-        owed: list[tuple[_Claimed, bytes]] = []
+        settled: list[_Claimed] = []
+        owed: list[tuple[_Claimed, bytes | None]] = []
+        held = 0
         go_on = True
+        failed = True
         try:
             while True:
                 # The next message is read and handed over while this one is out: its MAIL,
@@ -842,7 +868,9 @@ class _Batch:
                 while go_on and waiting and len(fed) < _SmtpPipeline.AHEAD:
                     row = waiting.popleft()
                     prepared = self._prepare(row)
-                    if prepared is not None:
+                    if prepared is None:
+                        settled.append(row)
+                    else:
                         pipeline.put(row.envelope_from, *prepared)
                         fed.append((row, prepared[1]))
                 if not fed:
@@ -858,25 +886,30 @@ class _Batch:
                 go_on = go_on and ok
                 if sent_out and row.sent_at is not None and row.owes_sent_copy \
                         and row.lease_until is not None:
-                    owed.append((row, raw))
+                    keep = held + len(raw) <= OWED_BYTES
+                    held += len(raw) if keep else 0
+                    owed.append((row, raw if keep else None))
+            failed = False
         finally:
             pipeline.close()
+            if failed:
+                # Leaving on an exception (the job's timeout, a database gone): the messages
+                # never handed over go back now; those handed over keep their claim (one
+                # may be out) for the sweep.
+                self._give_back_after_failure(list(waiting))
         if unsent or waiting:
             self._release(unsent + list(waiting))
+        self._write_settled(settled)
         return go_on, owed
 
     def _prepare(self, row: _Claimed) -> tuple[list[str], bytes] | None:
-        """The recipients still to send to and the bytes, or None if the row was settled
-        here (nobody left to send to, or its bytes are unreadable)."""
-        session = self.session
+        """The recipients still to send to and the bytes; or None when the row is settled
+        without sending (nobody left to send to, or its bytes are unreadable), to be
+        written by _write_settled. Writes nothing."""
         pending = [r.address for r in row.recipients if r.state in ("pending", "deferred")]
         if not pending:
             row.state = "sent"
             row.lease_until = None
-            _write(session, row)
-            blobs.drop_references(session, [row.blob_sha256])
-            session.commit()
-            self.states[row.id] = row.state
             return None
         try:
             return pending, self.store.get(row.blob_sha256)
@@ -885,10 +918,28 @@ class _Batch:
             _fail(row, "internal", f"Could not send: {error}. Your administrator can see the "
                   "details in the worker's log; press Retry once it is fixed.",
                   server_text=repr(error))
-            _write(session, row)
-            session.commit()
-            self.states[row.id] = row.state
             return None
+
+    def _write_settled(self, rows: list[_Claimed]) -> None:
+        """Write the rows _prepare settled without sending, in one commit."""
+        if not rows:
+            return
+        for row in rows:
+            _write(self.session, row)
+            self.states[row.id] = row.state
+        # Sent to everyone before (a retry with nobody left): the outbox's bytes can go.
+        blobs.drop_references(self.session, [row.blob_sha256 for row in rows
+                                             if row.state == "sent"])
+        self.session.commit()
+
+    def _give_back_after_failure(self, rows: list[_Claimed]) -> None:
+        try:
+            self.session.rollback()
+        except Exception:  # noqa: BLE001 - their leases run out and the sweep requeues them
+            log.exception("outgoing %s: not given back", [row.id for row in rows])
+            return
+        if rows:
+            self._release(rows)
 
     def _record(self, row: _Claimed, kind: str, result) -> tuple[bool, bool]:
         """Commit what the server made of one message; (may the batch go on, was it sent).
