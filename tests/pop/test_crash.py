@@ -27,7 +27,7 @@ from webapp.queue import get_redis
 from webapp.services.pop_accounts import lock_key
 
 SEEDED = 1000
-KILLS = 10
+KILLS = 12
 
 
 class WorkerPool:
@@ -132,10 +132,12 @@ def test_sigkill_at_random_moments_stores_every_message_once(
                 _wait_until(lambda: stored_total() > before or all_stored(), 120, "a commit")
                 time.sleep(rng.uniform(0.0, 0.05))
             else:
-                # Anywhere in a batch: while retrieving, delivering or committing.
+                # Anywhere in a batch: while retrieving, delivering or committing. A batch
+                # of 50 takes well under 0.1 s here: a longer sleep would let a worker
+                # store so much that the import ends before enough kills.
                 _wait_until(lambda: (held_locks() - stale) or all_stored(), 120,
                             "a new worker to start a fetch")
-                time.sleep(rng.uniform(0.05, 1.5))
+                time.sleep(rng.uniform(0.02, 0.3))
             pool.kill_running()
             kills += 1
             for mode, (_, mail_id, name) in accounts.items():
