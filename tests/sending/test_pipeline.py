@@ -269,3 +269,25 @@ def test_claims_commit_synced_and_outcomes_do_not(app, user, smtp_server, use_re
     # FULL every time: the first, the group's after relaxed outcomes, the last finding none.
     assert claims == [2, 2, 2]
     assert outcomes == [1, 1, 1, 1]  # NORMAL
+
+
+def test_an_end_of_data_never_released_is_withheld_in_the_end(app, smtp_server, monkeypatch):
+    """Should the job's thread be gone without stopping the pipeline, the thread waiting at
+    an end of DATA still ends (after GATE_SECONDS), and that message is never delivered."""
+    from worker.jobs.send import _SmtpPipeline, _Transport
+
+    server = smtp_server()
+    handler = NotesRecipients()
+    server.controller.handler = server.handler = handler
+    monkeypatch.setattr(_SmtpPipeline, "GATE_SECONDS", 0.5)
+    pipeline = _SmtpPipeline(_Transport(server.host, server.port, "none", "", ""), None)
+    for n in range(2):
+        pipeline.put("me@acme.example", [f"to{n}@remote.example"],
+                     f"Subject: {n}\r\n\r\nBody\r\n".encode())
+
+    assert pipeline.result()[0] == "sent"
+    # The first is never settled: the second waits at its end of DATA, then gives up.
+    assert pipeline.result() == ("unsent", None)
+    pipeline.close()
+    assert "to1@remote.example" in handler.rcpts
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]

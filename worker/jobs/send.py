@@ -646,6 +646,11 @@ class _SmtpPipeline:
 
     # Messages handed over ahead of the one being recorded (bytes held in memory).
     AHEAD = 2
+    # An end of DATA waits this long at most for the commit before it, then is withheld:
+    # should the job's thread be gone without stopping the pipeline (a timeout striking
+    # inside close()), the thread still ends. Far above any commit (SQLite's busy timeout
+    # is 30 s).
+    GATE_SECONDS = 300.0
 
     def __init__(self, transport: _Transport, deadline: float | None):
         self._transport = transport
@@ -715,9 +720,8 @@ class _SmtpPipeline:
     def _wait_settled(self, count: int) -> None:
         """Hold the end of DATA until `count` messages are settled; withhold it if stopped."""
         with self._condition:
-            while self._settled < count and not self._stopped:
-                self._condition.wait()
-            if self._stopped:
+            if not self._condition.wait_for(lambda: self._settled >= count or self._stopped,
+                                            timeout=self.GATE_SECONDS) or self._stopped:
                 raise EndOfDataWithheld()
 
 
