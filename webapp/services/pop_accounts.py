@@ -25,6 +25,11 @@ AUTH_FAILURE_LIMIT = 10
 CONNECTION_FAILURE_LIMIT = 50
 FETCH_JOB = "worker.jobs.fetch.fetch_account"
 
+# Messages per batch (one job, one commit) for new accounts. Each batch also pays a login,
+# a UIDL/LIST of the whole mailbox and a commit; memory is bounded per RETR round, not per
+# batch, so a large first import goes fastest in large batches.
+DEFAULT_BATCH_SIZE = 1000
+
 # Defaults of the POP_* settings (read through pop_setting(); config.py may set them).
 POP_DEFAULTS: dict[str, Any] = {
     "POP_TIMEOUT_SECONDS": 30.0,
@@ -34,14 +39,10 @@ POP_DEFAULTS: dict[str, Any] = {
     "POP_SWEEP_SECONDS": 5.0,
     "POP_PAUSED_RECHECK_SECONDS": 60,
     "POP_QUEUED_MARKER_SECONDS": 120,
-    "POP_DEFAULT_BATCH_SIZE": 1000,
+    "POP_DEFAULT_BATCH_SIZE": DEFAULT_BATCH_SIZE,
     "POP_DEFAULT_INTERVAL_SECONDS": 300,
 }
 BATCH_SIZE_RANGE = (1, 2000)
-# Messages per batch (one job, one commit) for new accounts. Each batch also pays a login,
-# a UIDL/LIST of the whole mailbox and a commit; memory is bounded per RETR round, not per
-# batch, so a large first import goes fastest in large batches.
-DEFAULT_BATCH_SIZE = 1000
 INTERVAL_RANGE = (60, 7 * 24 * 3600)
 
 STATE_REASON_WORDS = {
