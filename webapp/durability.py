@@ -24,20 +24,25 @@ from __future__ import annotations
 import sqlite3
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 # Set in a pooled connection's info while its commits do not wait for the disk.
 _RELAXED = "skydesk_commits_relaxed"
 
 
-def relax(session: Session) -> bool:
+def _connection(session: Session | Connection) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
+
+
+def relax(session: Session | Connection) -> bool:
     """Let this transaction's commit return without waiting for the disk; whether it does.
 
     Call it before the transaction writes anything: SQLite cannot change its safety level
-    inside a transaction, and the commit then simply stays synced.
+    inside a transaction, and the commit then simply stays synced. `session` may be a
+    Session or the Connection whose transaction it is.
     """
-    connection = session.connection()
+    connection = _connection(session)
     dialect = connection.dialect.name
     if dialect == "postgresql":
         connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
@@ -55,12 +60,12 @@ def relax(session: Session) -> bool:
     return True
 
 
-def strict(session: Session) -> None:
+def strict(session: Session | Connection) -> None:
     """Make this transaction's commit wait for the disk (call it before the first write).
 
     Raises if SQLite cannot change its safety level here, rather than commit unsynced.
     """
-    connection = session.connection()
+    connection = _connection(session)
     pooled = connection.connection
     if pooled.info.get(_RELAXED):
         pooled.dbapi_connection.execute("PRAGMA synchronous=FULL")

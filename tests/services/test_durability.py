@@ -85,3 +85,27 @@ def test_postgresql_relaxes_one_transaction_only(app, org):
     db.session.expire_all()
     assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == \
         "Relaxed"
+
+
+def test_a_bare_connection_relaxes_its_own_transaction(app, org):
+    """The send job writes outcomes on its connection directly, without a Session."""
+    from webapp.models import Organization as Org
+
+    table = Org.__table__
+    with db.engine.connect() as connection:
+        dialect = connection.dialect.name
+        assert durability.relax(connection) is True
+        if dialect == "sqlite":
+            assert _synchronous(connection.connection.dbapi_connection) == NORMAL
+        else:
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "off"
+        connection.execute(table.update().where(table.c.id == org.id).values(name="Bare"))
+        connection.commit()
+        durability.strict(connection)
+        if dialect == "sqlite":
+            assert _synchronous(connection.connection.dbapi_connection) == FULL
+        else:
+            assert connection.exec_driver_sql("SHOW synchronous_commit").scalar_one() != "off"
+        connection.rollback()
+    db.session.expire_all()
+    assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == "Bare"

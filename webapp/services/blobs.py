@@ -22,6 +22,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from webapp.models import Blob
@@ -96,8 +98,11 @@ class BlobMissingError(FileNotFoundError):
     """A blob the database references is not in the store."""
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def _check_hash(sha256: str) -> str:
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not _SHA256_HEX.fullmatch(sha256):
         raise ValueError("not a SHA-256 hex digest")
     return sha256
 
@@ -117,11 +122,16 @@ class LocalBlobStore:
 
     def __init__(self, root: str | os.PathLike, locate: Locator | None = None):
         self.root = Path(root)
+        self._root = os.fspath(self.root)
         self.locate = locate
 
     def _path(self, sha256: str) -> Path:
+        return Path(self._file(sha256))
+
+    def _file(self, sha256: str) -> str:
+        # A plain string: building a Path costs more than reading a small blob does.
         _check_hash(sha256)
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return os.path.join(self._root, sha256[:2], sha256[2:4], sha256)
 
     def put(self, data: bytes, *, durable: bool = True) -> str:
         """Store bytes (idempotent) and return their SHA-256.
@@ -260,7 +270,7 @@ class LocalBlobStore:
         leftover of a delivery that never committed) the blob is looked for in its pack.
         """
         try:
-            with open(self._path(sha256), "rb") as handle:
+            with open(self._file(sha256), "rb") as handle:
                 data = handle.read()
         except FileNotFoundError:
             data = None
@@ -386,10 +396,12 @@ def drop_reference(session: Session, sha256: str) -> None:
     drop_references(session, [sha256])
 
 
-def drop_references(session: Session, digests: list[str]) -> None:
-    """Count one use fewer of each of these blobs, in one executemany."""
+def drop_references(session: Session | Connection, digests: list[str]) -> None:
+    """Count one use fewer of each of these blobs, in one executemany (in the session's
+    transaction, or the connection's)."""
     if digests:
-        session.connection().execute(_DROP_REFERENCE, [{"b_sha256": d} for d in digests])
+        connection = session.connection() if isinstance(session, Session) else session
+        connection.execute(_DROP_REFERENCE, [{"b_sha256": d} for d in digests])
 
 
 def collect_garbage(session: Session, store: LocalBlobStore, orphan_age: float = 3600,
