@@ -1,7 +1,9 @@
 """Sending throughput (issue #5): our outbox and a real worker vs raw smtplib, side by side.
 
 Every message is ~5 KB, built by the same code, sent to one local aiosmtpd (a thread of
-this process that counts what arrives, and when). One run measures, in this order:
+this process that counts what arrives, and when). A round measures 1 to 3, in this order;
+rounds (--rounds, 3) run one after the other, so raw smtplib and ours take turns on the
+same machine, and the median ratio is the result (every round is printed too):
 
 1. raw smtplib: the messages over one connection; the baseline.
 2. ours, queueing (web side): compose, outbox.queue_message and a commit per message, as
@@ -10,8 +12,11 @@ this process that counts what arrives, and when). One run measures, in this orde
    outbox (claims, daily counters, SMTP over one session, Sent copies). Timed from its
    first delivery until the last message is delivered AND recorded (sent, its copy in
    Sent), scaled to all N messages, so Python's start-up is left out (printed apart) and
-   no work is left out at the end. The goal (ours/raw >= 0.8) is for this ratio.
-4. ours, end to end: a worker is started first and left idle; N more messages are then
+   no work is left out at the end. The goal (ours/raw >= 0.8) is for this ratio. The
+   worker's CPU per message is printed beside it (a burst worker with nothing to do
+   gives the start-up CPU, left out): it varies less than the times do on a shared
+   machine.
+4. ours, end to end (once, after the rounds): a worker is started first and left idle; N more messages are then
    queued as in 2 while it sends them; timed from the first queue_message to the last
    delivery.
 
@@ -25,10 +30,13 @@ after. Redis: REDIS_URL if set (that database is flushed), else an embedded one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import resource
 import shutil
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,9 +139,30 @@ class RecordedWatch(threading.Thread):
                     return
 
 
+@dataclasses.dataclass
+class Round:
+    """One round's measurements: seconds, and the worker's CPU seconds per message."""
+
+    raw: float
+    queue: float
+    drain: float
+    process: float
+    cpu_per_message: float
+
+
+class child_cpu:  # noqa: N801 - used as a function
+    """Run `run()` (which waits for a child process) and note the CPU its children used."""
+
+    def __init__(self, run) -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.result = run()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def line(label: str, seconds: float, count: int, note: str = "") -> None:
     """One result: seconds and messages per second."""
-    print(f"{label:<34}{seconds:8.2f} s {count / seconds:9.1f} msg/s{note}")
+    print(f"{label:<37}{seconds:8.2f} s {count / seconds:9.1f} msg/s{note}")
 
 
 def main() -> int:
@@ -142,8 +171,11 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=1000, help="messages per measurement")
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL server URL (a fresh database is created there)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of raw smtplib and ours, in turn (the median is the result)")
     args = parser.parse_args()
     count = args.n
+    rounds: list[Round] = []
 
     from aiosmtpd.controller import Controller
 
@@ -200,32 +232,43 @@ def main() -> int:
                 from_addr=("", "bench@acme.example"), to=[("", "to@remote.example")],
                 subject=f"Bench {n}", text=_body(n),
                 message_id=compose.make_message_id("acme.example"))) for n in range(count)]
-            raw_seconds = raw_smtplib(host, port, baseline)
-            handler.take()
 
-            # 2. Queueing alone, then 3. one worker process draining what was queued.
-            queue_seconds = queue_messages(db, outbox, user, count, 0)
-            watch = RecordedWatch(db.engine, count)
-            watch.start()
-            started = time.perf_counter()
-            burst = subprocess.run([*WORKER, "--burst"], cwd=ROOT, env=env,
-                                   capture_output=True, timeout=3600)
-            process_seconds = time.perf_counter() - started
-            watch.join(timeout=5)
-            watch.stop.set()
-            drained = handler.take()
-            if len(drained) != count or watch.done_at is None:
-                print(burst.stdout.decode()[-3000:], burst.stderr.decode()[-3000:])
-                raise SystemExit(f"the worker delivered {len(drained)} of {count}, "
-                                 f"recorded {'all' if watch.done_at else 'not all'}")
-            drain_seconds = steady_seconds(drained, watch.done_at, count)
+            # The worker's start-up CPU, apart: a burst worker with nothing to do.
+            idle_cpu = child_cpu(lambda: subprocess.run([*WORKER, "--burst"], cwd=ROOT, env=env,
+                                                        capture_output=True, timeout=600))
+
+            # Rounds of 1, 2 and 3 in turn, so that both sides meet the same machine.
+            for number in range(args.rounds):
+                raw_seconds = raw_smtplib(host, port, baseline)
+                handler.take()
+                # 2. Queueing alone, then 3. one worker process draining what was queued.
+                queue_seconds = queue_messages(db, outbox, user, count, number * count)
+                watch = RecordedWatch(db.engine, (number + 1) * count)
+                watch.start()
+                started = time.perf_counter()
+                burst_cpu = child_cpu(lambda: subprocess.run(
+                    [*WORKER, "--burst"], cwd=ROOT, env=env, capture_output=True, timeout=3600))
+                burst = burst_cpu.result
+                process_seconds = time.perf_counter() - started
+                watch.join(timeout=5)
+                watch.stop.set()
+                drained = handler.take()
+                if len(drained) != count or watch.done_at is None:
+                    print(burst.stdout.decode()[-3000:], burst.stderr.decode()[-3000:])
+                    raise SystemExit(f"the worker delivered {len(drained)} of {count}, "
+                                     f"recorded {'all' if watch.done_at else 'not all'}")
+                rounds.append(Round(raw_seconds, queue_seconds,
+                                    steady_seconds(drained, watch.done_at, count),
+                                    process_seconds,
+                                    (burst_cpu.seconds - idle_cpu.seconds) / count))
+            sent_before = args.rounds * count
 
             # 4. End to end: an idle worker first, then queueing while it sends.
             idle_worker = subprocess.Popen(WORKER, cwd=ROOT, env=env,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: Worker.count(connection=redis) > 0, 120, "the worker to start")
             started = time.perf_counter()
-            queue_messages(db, outbox, user, count, count)
+            queue_messages(db, outbox, user, count, sent_before)
             wait_for(lambda: len(handler.arrivals) >= count, 600, "the last delivery")
             end_to_end_seconds = handler.take()[-1] - started
             idle_worker.terminate()
@@ -234,8 +277,8 @@ def main() -> int:
 
             db.session.expire_all()
             sent = db.session.query(OutgoingMessage).filter_by(state="sent").count()
-            if sent != 2 * count:
-                raise SystemExit(f"only {sent} of {2 * count} messages are marked sent")
+            if sent != sent_before + count:
+                raise SystemExit(f"only {sent} of {sent_before + count} messages are marked sent")
             dialect = db.engine.dialect.name
             db.session.remove()
             db.engine.dispose()
@@ -248,17 +291,27 @@ def main() -> int:
             drop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"messages: {count} of ~5 KB to a local aiosmtpd; database: {dialect}")
-    line("raw smtplib, one connection", raw_seconds, count)
-    line("ours, queueing (web side)", queue_seconds, count)
-    line("ours, queue to delivered (worker)", drain_seconds, count,
-         f"  (worker process, start-up included: {process_seconds:.2f} s)")
+    print(f"messages: {count} of ~5 KB to a local aiosmtpd; database: {dialect}; "
+          f"rounds: {args.rounds}")
+    for number, one in enumerate(rounds, 1):
+        print(f"round {number}:")
+        line("  raw smtplib, one connection", one.raw, count)
+        line("  ours, queueing (web side)", one.queue, count)
+        line("  ours, queue to delivered (worker)", one.drain, count,
+             f"  (worker process, start-up included: {one.process:.2f} s)")
+        print(f"  worker CPU per message (user+system, start-up left out): "
+              f"{1000 * one.cpu_per_message:.3f} ms")
+        print(f"  ratio ours/raw, queue to delivered: {one.raw / one.drain:5.2f}")
     line("ours, end to end", end_to_end_seconds, count,
-         "  (worker running while queueing)")
-    print(f"ratio ours/raw, queue to delivered: {raw_seconds / drain_seconds:5.2f}"
-          f"  (goal >= {GOAL})")
-    print(f"ratio ours/raw, queueing:           {raw_seconds / queue_seconds:5.2f}")
-    print(f"ratio ours/raw, end to end:         {raw_seconds / end_to_end_seconds:5.2f}")
+         "  (worker running while queueing; one round)")
+    drain = statistics.median(one.raw / one.drain for one in rounds)
+    queueing = statistics.median(one.raw / one.queue for one in rounds)
+    raw = statistics.median(one.raw for one in rounds)
+    print(f"ratio ours/raw, queue to delivered: {drain:5.2f}  (median of the rounds; "
+          f"goal >= {GOAL})")
+    print(f"ratio ours/raw, queueing:           {queueing:5.2f}  (median of the rounds)")
+    print(f"ratio ours/raw, end to end:         {raw / end_to_end_seconds:5.2f}  "
+          f"(against the median raw round)")
     return 0
 
 
