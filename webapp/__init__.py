@@ -55,6 +55,11 @@ def _init_extensions(app: Flask) -> None:
     init_login(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         _tune_sqlite(app)
+    else:
+        from webapp.durability import restore_on_checkin
+
+        with app.app_context():
+            restore_on_checkin(db.engine)
 
 
 def _tune_sqlite(app: Flask) -> None:

@@ -12,12 +12,14 @@ without syncing it (synchronous=NORMAL), PostgreSQL does not wait for its WAL fl
 operating system, or of the PostgreSQL server) may roll back the most recent such commits
 (on SQLite, those since its WAL was last synced), leaving the rows as they were before.
 
-On PostgreSQL this holds for the one transaction (SET LOCAL). SQLite's setting belongs to
-the connection: it stays relaxed, saving a statement per transaction, for every later
-transaction of whoever holds the connection, until `strict(session)` or until the
-connection goes back to the pool, which restores it. So a holder that relaxes once must
-call `strict` before any transaction that has to be synced; no one else ever gets a
-relaxed connection.
+The setting belongs to the connection (SQLite's PRAGMA; PostgreSQL's SET without LOCAL):
+it stays relaxed, saving a statement (on PostgreSQL, a round trip) per transaction, for
+every later transaction of whoever holds the connection, until the connection goes back
+to the pool, which restores it. So a holder that relaxes once must call `strict` before
+any transaction that has to be synced: on SQLite it undoes the relaxing, on PostgreSQL it
+syncs that one transaction (SET LOCAL), the later ones staying relaxed. No one else ever
+gets a relaxed connection. (A PostgreSQL transaction that relaxed and then rolled back
+takes its SET with it: its holder's commits are then synced, which is only slower.)
 """
 from __future__ import annotations
 
@@ -44,18 +46,18 @@ def relax(session: Session | Connection) -> bool:
     """
     connection = _connection(session)
     dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        return True
-    if dialect != "sqlite":
+    if dialect not in ("postgresql", "sqlite"):
         return False
     pooled = connection.connection
     if pooled.info.get(_RELAXED):
         return True
-    try:
-        pooled.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.OperationalError:  # "may not be changed inside a transaction"
-        return False
+    if dialect == "postgresql":
+        connection.exec_driver_sql("SET synchronous_commit TO OFF")
+    else:
+        try:
+            pooled.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError:  # "may not be changed inside a transaction"
+            return False
     pooled.info[_RELAXED] = True
     return True
 
@@ -67,18 +69,28 @@ def strict(session: Session | Connection) -> None:
     """
     connection = _connection(session)
     pooled = connection.connection
-    if pooled.info.get(_RELAXED):
+    if not pooled.info.get(_RELAXED):
+        return
+    if connection.dialect.name == "postgresql":
+        # For this transaction only: the connection's own setting stays relaxed.
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO DEFAULT")
+    else:
         pooled.dbapi_connection.execute("PRAGMA synchronous=FULL")
         del pooled.info[_RELAXED]
 
 
 def restore_on_checkin(engine: Engine) -> None:
-    """Put a relaxed SQLite connection back to synchronous=FULL when it returns to the pool."""
+    """Put a relaxed connection back to synced commits when it returns to the pool."""
 
     @event.listens_for(engine, "checkin")
     def _restore(dbapi_connection, record) -> None:
         if dbapi_connection is not None and record.info.pop(_RELAXED, False):
             try:
-                dbapi_connection.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error:
+                if isinstance(dbapi_connection, sqlite3.Connection):
+                    dbapi_connection.execute("PRAGMA synchronous=FULL")
+                else:
+                    dbapi_connection.rollback()
+                    dbapi_connection.execute("RESET synchronous_commit")
+                    dbapi_connection.commit()
+            except Exception:  # noqa: BLE001 - whatever the driver raises
                 record.invalidate()  # never pooled again with its commits unsynced

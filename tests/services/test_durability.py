@@ -61,30 +61,50 @@ def test_sqlite_cannot_relax_a_transaction_that_already_wrote(app, org):
         session.close()
 
 
-def test_postgresql_relaxes_one_transaction_only(app, org):
+def test_postgresql_relaxes_the_holder_until_the_connection_goes_back(app, org):
     _only("postgresql")
+
+    def setting(connection) -> str:
+        return connection.exec_driver_sql("SHOW synchronous_commit").scalar_one()
+
     with db.engine.connect() as connection:
         session = Session(bind=connection)  # the session's transactions are the connection's
-
-        def setting() -> str:
-            return session.connection().exec_driver_sql("SHOW synchronous_commit").scalar_one()
-
-        default = setting()
+        default = setting(session.connection())
         session.rollback()
         assert default != "off"
 
         assert durability.relax(session) is True
-        assert setting() == "off"
+        assert setting(session.connection()) == "off"
         session.get(Organization, org.id).name = "Relaxed"
         session.commit()
-        assert setting() == default
-        durability.strict(session)  # nothing to undo: SET LOCAL ended with its transaction
-        assert setting() == default
+        assert setting(session.connection()) == "off"  # held: stays relaxed, no statement
         session.rollback()
+
+        durability.strict(session)  # this transaction only
+        assert setting(session.connection()) == default
+        session.commit()
+        assert setting(session.connection()) == "off"
+        session.rollback()
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        connection.rollback()
         session.close()
+    # Back in the pool: synced again for whoever takes it next (the same server process).
+    with db.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid
+        assert setting(connection) == default
     db.session.expire_all()
     assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == \
         "Relaxed"
+
+
+def test_postgresql_a_relaxing_rolled_back_leaves_commits_synced(app, org):
+    _only("postgresql")
+    with db.engine.connect() as connection:
+        assert durability.relax(connection) is True
+        connection.rollback()  # takes the SET with it
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar_one() != "off"
+        assert durability.relax(connection) is True  # says relaxed: only slower, never less safe
+        connection.rollback()
 
 
 def test_a_bare_connection_relaxes_its_own_transaction(app, org):
