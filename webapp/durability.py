@@ -34,7 +34,8 @@ _RELAXED = "skydesk_commits_relaxed"
 
 
 def _connection(session: Session | Connection) -> Connection:
-    return session.connection() if isinstance(session, Session) else session
+    # Not isinstance(Session): Flask-SQLAlchemy's db.session is a scoped_session.
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def relax(session: Session | Connection) -> bool:

@@ -291,3 +291,48 @@ def test_an_end_of_data_never_released_is_withheld_in_the_end(app, smtp_server, 
     pipeline.close()
     assert "to1@remote.example" in handler.rcpts
     assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
+
+
+def _relax_fails_once(monkeypatch, error: Exception) -> None:
+    """Make the first outcome's opening step raise, before anything is written: the job's
+    alarm (RQ's JobTimeoutException is an Exception) landing there, which a real timer
+    cannot be made to hit reliably."""
+    from webapp import durability
+
+    real = durability.relax
+    left = [error]
+
+    def relax(target):
+        if left:
+            raise left.pop()
+        return real(target)
+
+    monkeypatch.setattr("worker.jobs.send.durability.relax", relax)
+
+
+def test_a_delivered_message_whose_recording_fails_early_is_uncertain(
+        app, user, smtp_server, use_relay, monkeypatch):
+    server = smtp_server()
+    use_relay(server)
+    ids = _queue_many(user, 1)
+    _relax_fails_once(monkeypatch, JobTimeoutException("Task exceeded maximum timeout value"))
+    assert send_message(ids[0]) == "uncertain"
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
+    row = _rows(ids)[0]
+    assert (row.state, row.last_error_kind) == ("uncertain", "uncertain")
+    assert "probably delivered" in row.last_error_message
+
+
+def test_a_message_lost_after_its_end_of_data_stays_uncertain_if_recording_fails(
+        app, user, smtp_server, use_relay, monkeypatch):
+    """RFC 1047: the server got the body and the connection dropped before its reply."""
+    server = smtp_server(drop_after_data=True)
+    use_relay(server)
+    ids = _queue_many(user, 1)
+    _relax_fails_once(monkeypatch, SQLAlchemyError("disk says no"))
+    assert send_message(ids[0]) == "uncertain"
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
+    row = _rows(ids)[0]
+    assert (row.state, row.last_error_kind) == ("uncertain", "uncertain")
+    assert "may have been delivered" in row.last_error_message
+    assert "recording it failed: disk says no" in row.last_error_text

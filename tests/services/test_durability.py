@@ -129,3 +129,10 @@ def test_a_bare_connection_relaxes_its_own_transaction(app, org):
         connection.rollback()
     db.session.expire_all()
     assert db.session.scalar(select(Organization.name).where(Organization.id == org.id)) == "Bare"
+
+
+def test_the_apps_scoped_session_is_accepted_too(app, org):
+    """Flask-SQLAlchemy's db.session is a scoped_session, not a Session."""
+    assert durability.relax(db.session) is True
+    durability.strict(db.session)
+    db.session.rollback()

@@ -400,7 +400,8 @@ def drop_references(session: Session | Connection, digests: list[str]) -> None:
     """Count one use fewer of each of these blobs, in one executemany (in the session's
     transaction, or the connection's)."""
     if digests:
-        connection = session.connection() if isinstance(session, Session) else session
+        # Not isinstance(Session): Flask-SQLAlchemy's db.session is a scoped_session.
+        connection = session if isinstance(session, Connection) else session.connection()
         connection.execute(_DROP_REFERENCE, [{"b_sha256": d} for d in digests])
 
 

@@ -959,7 +959,10 @@ class _Batch:
         # On the job's connection itself, not through the Session: beginning and committing
         # a Session transaction costs about as much as the two statements written here.
         connection = self.connection
-        sent_out = False
+        # Known before anything below can fail: a message the server accepted, or may have
+        # (the connection lost after its end of DATA), is never recorded as not sent.
+        sent_out = kind == "sent"
+        maybe_delivered = sent_out or (kind == "error" and result.kind == "uncertain")
         go_on = True
         try:
             if self.session.in_transaction():
@@ -973,7 +976,6 @@ class _Batch:
                 go_on = result.kind not in _TRANSPORT_ERRORS
                 log.info("outgoing %s attempt %s: %s", row.id, row.attempts, result)
             else:
-                sent_out = True
                 retry_at = _apply_outcome(row, result, utcnow())
             _write(connection, row)
             if row.state == "sent" and not row.owes_sent_copy:
@@ -987,6 +989,11 @@ class _Batch:
                 _write_failure(connection, row.id, "uncertain", "The server accepted the message "
                                "but recording that failed; it was probably delivered. Check "
                                "before sending it again.", str(error), state="uncertain")
+                self.states[row.id] = "uncertain"
+            elif maybe_delivered:
+                _write_failure(connection, row.id, "uncertain", result.user_message,
+                               f"{result.server_text} (then recording it failed: {error})",
+                               state="uncertain")
                 self.states[row.id] = "uncertain"
             else:
                 _write_failure(connection, row.id, "internal",
