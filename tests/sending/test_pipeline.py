@@ -310,29 +310,32 @@ def _relax_fails_once(monkeypatch, error: Exception) -> None:
     monkeypatch.setattr("worker.jobs.send.durability.relax", relax)
 
 
-def test_a_delivered_message_whose_recording_fails_early_is_uncertain(
-        app, user, smtp_server, use_relay, monkeypatch):
-    server = smtp_server()
+def _send_one_whose_recording_fails_early(user, server, use_relay, monkeypatch,
+                                          error: Exception) -> OutgoingMessage:
+    """Send one message through `server` with its outcome's first step failing; its row."""
     use_relay(server)
     ids = _queue_many(user, 1)
-    _relax_fails_once(monkeypatch, JobTimeoutException("Task exceeded maximum timeout value"))
+    _relax_fails_once(monkeypatch, error)
     assert send_message(ids[0]) == "uncertain"
     assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
     row = _rows(ids)[0]
     assert (row.state, row.last_error_kind) == ("uncertain", "uncertain")
+    return row
+
+
+def test_a_delivered_message_whose_recording_fails_early_is_uncertain(
+        app, user, smtp_server, use_relay, monkeypatch):
+    row = _send_one_whose_recording_fails_early(
+        user, smtp_server(), use_relay, monkeypatch,
+        JobTimeoutException("Task exceeded maximum timeout value"))
     assert "probably delivered" in row.last_error_message
 
 
 def test_a_message_lost_after_its_end_of_data_stays_uncertain_if_recording_fails(
         app, user, smtp_server, use_relay, monkeypatch):
     """RFC 1047: the server got the body and the connection dropped before its reply."""
-    server = smtp_server(drop_after_data=True)
-    use_relay(server)
-    ids = _queue_many(user, 1)
-    _relax_fails_once(monkeypatch, SQLAlchemyError("disk says no"))
-    assert send_message(ids[0]) == "uncertain"
-    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
-    row = _rows(ids)[0]
-    assert (row.state, row.last_error_kind) == ("uncertain", "uncertain")
+    row = _send_one_whose_recording_fails_early(
+        user, smtp_server(drop_after_data=True), use_relay, monkeypatch,
+        SQLAlchemyError("disk says no"))
     assert "may have been delivered" in row.last_error_message
     assert "recording it failed: disk says no" in row.last_error_text
