@@ -16,9 +16,9 @@ same machine, and the median ratio is the result (every round is printed too):
    worker's CPU per message is printed beside it (a burst worker with nothing to do
    gives the start-up CPU, left out): it varies less than the times do on a shared
    machine.
-4. ours, end to end (once, after the rounds): a worker is started first and left idle; N more messages are then
-   queued as in 2 while it sends them; timed from the first queue_message to the last
-   delivery.
+4. ours, end to end (once, after the rounds): a worker is started first and left idle; N
+   more messages are then queued as in 2 while it sends them; timed from the first
+   queue_message to the last delivery.
 
     .venv/bin/python bench/send.py                 # 1,000 messages, SQLite
     .venv/bin/python bench/send.py -n 300          # quicker
@@ -150,14 +150,13 @@ class Round:
     cpu_per_message: float
 
 
-class child_cpu:  # noqa: N801 - used as a function
-    """Run `run()` (which waits for a child process) and note the CPU its children used."""
-
-    def __init__(self, run) -> None:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.result = run()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+def run_with_cpu(command: list[str], env: dict, timeout: float
+                 ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a child process to its end; its result and the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def line(label: str, seconds: float, count: int, note: str = "") -> None:
@@ -174,6 +173,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of raw smtplib and ours, in turn (the median is the result)")
     args = parser.parse_args()
+    if args.n < 2 or args.rounds < 1:
+        parser.error("-n needs at least 2 messages and --rounds at least 1")
     count = args.n
     rounds: list[Round] = []
 
@@ -234,8 +235,7 @@ def main() -> int:
                 message_id=compose.make_message_id("acme.example"))) for n in range(count)]
 
             # The worker's start-up CPU, apart: a burst worker with nothing to do.
-            idle_cpu = child_cpu(lambda: subprocess.run([*WORKER, "--burst"], cwd=ROOT, env=env,
-                                                        capture_output=True, timeout=600))
+            _, idle_cpu = run_with_cpu([*WORKER, "--burst"], env, 600)
 
             # Rounds of 1, 2 and 3 in turn, so that both sides meet the same machine.
             for number in range(args.rounds):
@@ -246,9 +246,7 @@ def main() -> int:
                 watch = RecordedWatch(db.engine, (number + 1) * count)
                 watch.start()
                 started = time.perf_counter()
-                burst_cpu = child_cpu(lambda: subprocess.run(
-                    [*WORKER, "--burst"], cwd=ROOT, env=env, capture_output=True, timeout=3600))
-                burst = burst_cpu.result
+                burst, burst_cpu = run_with_cpu([*WORKER, "--burst"], env, 3600)
                 process_seconds = time.perf_counter() - started
                 watch.join(timeout=5)
                 watch.stop.set()
@@ -260,7 +258,7 @@ def main() -> int:
                 rounds.append(Round(raw_seconds, queue_seconds,
                                     steady_seconds(drained, watch.done_at, count),
                                     process_seconds,
-                                    (burst_cpu.seconds - idle_cpu.seconds) / count))
+                                    (burst_cpu - idle_cpu) / count))
             sent_before = args.rounds * count
 
             # 4. End to end: an idle worker first, then queueing while it sends.

@@ -109,9 +109,7 @@ def test_postgresql_a_relaxing_rolled_back_leaves_commits_synced(app, org):
 
 def test_a_bare_connection_relaxes_its_own_transaction(app, org):
     """The send job writes outcomes on its connection directly, without a Session."""
-    from webapp.models import Organization as Org
-
-    table = Org.__table__
+    table = Organization.__table__
     with db.engine.connect() as connection:
         dialect = connection.dialect.name
         assert durability.relax(connection) is True

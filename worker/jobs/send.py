@@ -595,6 +595,15 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                                     if row.id in done and row.state == "sent"])
 
 
+def _bytes_or_error(store: blobs.LocalBlobStore, sha256: str) -> bytes | Exception:
+    """A sent message's bytes for its Sent copy, or why they cannot be read (the copy is
+    then given up, and the Outbox says so)."""
+    try:
+        return store.get(sha256)
+    except Exception as error:  # noqa: BLE001 - sent all the same
+        return error
+
+
 def recover_sent_copies(session: Session, now: datetime | None = None) -> list[int]:
     """File the Sent copies owed by workers that died (lease run out); return their ids."""
     now = now or utcnow()
@@ -611,10 +620,7 @@ def recover_sent_copies(session: Session, now: datetime | None = None) -> list[i
         if not row.owes_sent_copy or row.sent_at is None:
             settled.append(row.id)
             continue
-        try:
-            owed.append((row, store.get(row.blob_sha256)))
-        except OSError as error:
-            owed.append((row, error))
+        owed.append((row, _bytes_or_error(store, row.blob_sha256)))
     _file_sent_copies(session, owed)
     if settled:
         # A lease outside "sending" that owes no copy has nothing left to guard.
@@ -830,14 +836,8 @@ class _Batch:
         failure their leases stay, and the sweep files them later."""
         if not owed:
             return
-        with_bytes: list[tuple[_Claimed, bytes | Exception]] = []
-        for row, raw in owed:
-            if raw is None:
-                try:
-                    raw = self.store.get(row.blob_sha256)
-                except Exception as error:  # noqa: BLE001 - sent all the same; the Outbox says so
-                    raw = error
-            with_bytes.append((row, raw))
+        with_bytes = [(row, _bytes_or_error(self.store, row.blob_sha256) if raw is None else raw)
+                      for row, raw in owed]
         try:
             _file_sent_copies(self.session, with_bytes, self.accounts)
             self.session.commit()
