@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Date, ForeignKey, Index, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from webapp.extensions import db
@@ -113,6 +114,10 @@ class OutgoingMessage(db.Model):
         ForeignKey("message.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, nullable=False)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What filing the Sent copy needs from the header block (mime.envelope_as_json), read
+    # once when queued: the worker files a group's copies without parsing each again. None
+    # when no copy is filed, and on rows queued before the column (their bytes are parsed).
+    sent_envelope: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     recipients: Mapped[list["OutgoingRecipient"]] = relationship(
         back_populates="outgoing", cascade="all, delete-orphan", passive_deletes=True,

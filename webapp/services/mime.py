@@ -464,6 +464,21 @@ def parse_envelope(raw: bytes) -> Envelope:
     return envelope
 
 
+def envelope_as_json(envelope: Envelope) -> dict:
+    """The envelope as plain JSON values, to keep beside bytes parsed once (envelope_from_json)."""
+    data = dataclasses.asdict(envelope)
+    data["date"] = envelope.date.isoformat() if envelope.date else None
+    return data
+
+
+def envelope_from_json(data: dict) -> Envelope:
+    """The envelope envelope_as_json kept, as parse_envelope gave it."""
+    fields = dict(data)
+    fields["addresses"] = [Address(**address) for address in fields.get("addresses", ())]
+    fields["date"] = dt.datetime.fromisoformat(fields["date"]) if fields.get("date") else None
+    return Envelope(**fields)
+
+
 # ---------------------------------------------------------------------------------------------
 # Full parse
 

@@ -29,7 +29,8 @@ from webapp.models.sending import (OrgRelay, OutgoingMessage, OutgoingRecipient,
 from webapp.services import blobs, compose, quota
 from webapp.services.delivery import deliver
 from webapp.services.mime import (MIME_MAX_ADDRESSES_PER_HEADER, MIME_MAX_HEADER_VALUE_CHARS,
-                                  Envelope, get_part, parse_envelope, parse_message)
+                                  Envelope, envelope_as_json, get_part, parse_envelope,
+                                  parse_message)
 from webapp.services.secrets import decrypt_secret
 
 SEND_QUEUE = "send"
@@ -125,8 +126,13 @@ def _envelope_from(policy: tuple[str, str], hosted_address: str, from_email: str
 def _store_and_queue(session: Session, *, org_id: int, user_id: int | None,
                      identity_id: int | None, kind: str, transport: str, raw: bytes,
                      message_id: str, subject: str, from_email: str, envelope_from: str,
-                     recipients: Sequence[str], file_in_sent: bool) -> OutgoingMessage:
-    """Store the bytes, add the row with one recipient row each, and enqueue the send job."""
+                     recipients: Sequence[str], file_in_sent: bool,
+                     envelope: Envelope | None = None) -> OutgoingMessage:
+    """Store the bytes, add the row with one recipient row each, and enqueue the send job.
+
+    A message filed in Sent keeps its envelope (``envelope``, else parsed here): the worker
+    files the copy without parsing the bytes again.
+    """
     from webapp.queue import enqueue_after_commit
 
     limit = current_app.config["MAIL_MAX_MESSAGE_BYTES"]
@@ -148,7 +154,8 @@ def _store_and_queue(session: Session, *, org_id: int, user_id: int | None,
         org_id=org_id, user_id=user_id, identity_id=identity_id, kind=kind, transport=transport,
         state="queued", message_id=message_id[:998], blob_sha256=digest, size=len(raw),
         subject=subject[:2000], from_email=from_email[:320], envelope_from=envelope_from[:320],
-        file_in_sent=file_in_sent, next_attempt_at=now, created_at=now)
+        file_in_sent=file_in_sent, next_attempt_at=now, created_at=now,
+        sent_envelope=envelope_as_json(envelope or parse_envelope(raw)) if file_in_sent else None)
     session.add(outgoing)
     session.flush()
     # One statement for the recipients; the collection loads from them when first read.
@@ -306,7 +313,7 @@ def queue_raw_submission(session: Session, user_id: int, raw: bytes, mail_from: 
         from_email=identity.email,
         envelope_from=_envelope_from(_envelope_policy(session, user.org_id), user.email,
                                      identity.email),
-        recipients=list(rcpt_tos), file_in_sent=True)
+        recipients=list(rcpt_tos), file_in_sent=True, envelope=envelope)
 
 
 def no_reply_address(session: Session, org_id: int) -> str:

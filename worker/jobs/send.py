@@ -70,6 +70,7 @@ from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage, OutgoingRecipient, SendIdentity
 from webapp.services import blobs, outbox, sendas
 from webapp.services.delivery import Incoming, deliver_many
+from webapp.services.mime import Envelope, envelope_from_json
 from worker.smtp import EndOfDataWithheld, SendOutcome, SmtpConnection, SmtpError
 
 log = logging.getLogger("skydesk.send")
@@ -331,6 +332,7 @@ class _Claimed:
     last_error_message: str
     next_attempt_at: datetime | None
     lease_until: datetime | None
+    sent_envelope: dict | None
     recipients: list[_Recipient] = dataclasses.field(default_factory=list)
 
     @property
@@ -525,6 +527,18 @@ def _sent_copy_account(session: Session, user_id: int, from_email: str,
     return cache[key]
 
 
+def _kept_envelope(row: _Claimed) -> Envelope | None:
+    """The envelope read when the message was queued; None (deliver parses the bytes) for a
+    row queued before it was kept, or one that cannot be read back."""
+    if not row.sent_envelope:
+        return None
+    try:
+        return envelope_from_json(row.sent_envelope)
+    except (TypeError, ValueError, AttributeError) as error:
+        log.warning("outgoing %s: kept envelope unreadable, parsing the bytes: %s", row.id, error)
+        return None
+
+
 def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Exception]],
                       accounts: dict[tuple[int, str], MailAccount] | None = None) -> None:
     """File the exact bytes sent in Sent, one deliver_many per account; the caller commits.
@@ -557,7 +571,8 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 outcomes = deliver_many(
                     session, account,
                     # The bytes are the outbox blob's, durable and referenced since queueing.
-                    [Incoming(raw, f"sent:{row.id}", "sent", True, sha256=row.blob_sha256)
+                    [Incoming(raw, f"sent:{row.id}", "sent", True, sha256=row.blob_sha256,
+                              envelope=_kept_envelope(row))
                      for row, raw in entries],
                     run_filters=False)
         except SQLAlchemyError as error:
