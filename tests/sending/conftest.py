@@ -14,12 +14,15 @@ from webapp.services.secrets import encrypt_secret
 
 @pytest.fixture(autouse=True)
 def _no_cached_sessions():
-    """Every test starts and ends without SMTP sessions kept for reuse."""
-    from worker.jobs.send import close_cached_connections
+    """Every test starts and ends without SMTP sessions kept for reuse, and without servers
+    remembered as taking one session at a time (a later test's server may get its port)."""
+    from worker.jobs.send import _one_session_until, close_cached_connections
 
     close_cached_connections()
+    _one_session_until.clear()
     yield
     close_cached_connections()
+    _one_session_until.clear()
 
 
 @pytest.fixture

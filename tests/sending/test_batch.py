@@ -1,7 +1,8 @@
-"""Batches (issue #5): one send job takes every due message of its transport over one SMTP
-session, with every guarantee of a job per message."""
+"""Batches (issue #5): one send job takes every due message of its transport over the same
+SMTP sessions, with every guarantee of a job per message."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select
@@ -34,7 +35,8 @@ def _sent_copies(user) -> list[Message]:
                               .order_by(Message.id)).all()
 
 
-def test_one_job_sends_the_whole_queue_over_one_connection(app, user, smtp_server, use_relay):
+def test_one_job_sends_the_whole_queue_over_the_same_two_sessions(app, user, smtp_server,
+                                                                 use_relay):
     relay_server, own_server = smtp_server(), smtp_server()
     use_relay(relay_server)
     identity = sendas.add_identity(db.session, user, "me@gmail.example")
@@ -53,7 +55,8 @@ def test_one_job_sends_the_whole_queue_over_one_connection(app, user, smtp_serve
     assert [r.state for r in rows] == ["sent"] * 6
     assert [r.attempts for r in rows] == [1] * 6
     assert len(relay_server.messages) == 6
-    assert len({m.peer for m in relay_server.messages}) == 1  # one connection
+    # Its own message opened one session; the group went over that one and a second.
+    assert len({m.peer for m in relay_server.messages}) == 2
     assert [m.rcpt_tos for m in relay_server.messages] == \
         [[f"to{n}@remote.example"] for n in range(6)]
     # The other transport's message is not this batch's: it waits for its own job.
@@ -117,26 +120,44 @@ def test_a_refused_recipient_affects_only_its_own_message(app, user, smtp_server
     assert rows[0].last_error_message == rows[3].last_error_message == ""
     assert [m.rcpt_tos for m in server.messages] == [
         ["a@remote.example"], ["b@remote.example"], ["c@remote.example"]]
-    assert len({m.peer for m in server.messages}) == 1
+    # Neither of the job's two sessions was dropped for a refusal: "a" and "c" went over one.
+    assert len({m.peer for m in server.messages}) == 2
+    assert server.messages[0].peer == server.messages[2].peer
     # Filed once each, at the first delivery; never for the refused one.
     assert [c.source_key for c in _sent_copies(user)] == [
         f"sent:{ids[0]}", f"sent:{ids[2]}", f"sent:{ids[3]}"]
 
 
 class GoDownAtRcpt(ScriptedHandler):
-    """At the first RCPT of one address, stops listening and closes the session unanswered: a
-    relay that goes down in the middle of a batch (which aiosmtpd cannot be told to do)."""
+    """At the first RCPT of one address, stops listening and closes its sessions unanswered:
+    a relay that goes down in the middle of a batch (which aiosmtpd cannot be told to do).
+
+    It goes down once the batch's second session is connected too, so that no connection
+    is half accepted when the listening socket closes."""
 
     def __init__(self, controller: Any, address: str) -> None:
         super().__init__()
         self.controller = controller
         self.address = address
+        self.sessions: list[Any] = []  # the aiosmtpd protocol of each session that greeted
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.sessions.append(server)
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         if address == self.address:
+            for _ in range(500):
+                if len(self.sessions) >= 2:
+                    break
+                await asyncio.sleep(0.01)
             self.controller.server.close()  # new connections are refused from now on
-            server.transport.close()
+            for each in self.sessions:
+                if each.transport is not None:
+                    each.transport.close()
             return "421 4.3.2 Closing"  # written into the closed transport: the client sees EOF
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 

@@ -1,7 +1,9 @@
-"""The send pipeline (issue #5): SMTP exchanges on their own thread while outcomes commit.
+"""The send pipeline (issue #5): SMTP exchanges on their own threads (two sessions) while
+outcomes commit.
 
-The next message's commands go out while the outcome before it commits, but its end of DATA
-waits for that commit: at most one message is ever sent and not yet recorded.
+The next messages' commands go out while the outcome before them commits, but an end of
+DATA waits for that commit, over whichever session: at most one message is ever sent and
+not yet recorded.
 """
 from __future__ import annotations
 
@@ -98,14 +100,16 @@ def test_the_next_end_of_data_waits_for_the_outcome_before_it(app, user, smtp_se
     assert handler.released.is_set()
     # Each message arrived only once the one before it was committed as sent, although the
     # second one's commit was held back for a second (the third one's commands went out
-    # meanwhile; a pipeline that did not wait would have delivered it in that second).
+    # meanwhile, over the other session; a pipeline that did not wait would have delivered
+    # it in that second).
     assert handler.seen == [
         ("Message 0", ["sending", "queued", "queued"]),
         ("Message 1", ["sent", "sending", "sending"]),
         ("Message 2", ["sent", "sent", "sending"]),
     ]
     assert [r.state for r in _rows(ids)] == ["sent"] * 3
-    assert len({m.peer for m in server.messages}) == 1  # one session throughout
+    # The group's two messages went over two sessions: the wait holds across sessions.
+    assert server.messages[1].peer != server.messages[2].peer
 
 
 def _fail_recording(outgoing_id: int, state: str = "sent", unless_text: str = ""):
@@ -152,10 +156,27 @@ class NotesRecipients(ScriptedHandler):
         return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
 
+class AnswersOnceAnotherIsAtData(NotesRecipients):
+    """Answers the end of DATA for one recipient only once another recipient's RCPT was
+    taken (its message, on the other session, then goes on to DATA at once)."""
+
+    def __init__(self, held: str, until: str) -> None:
+        super().__init__()
+        self.held, self.until = held, until
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.held in envelope.rcpt_tos:
+            for _ in range(500):
+                if self.until in self.rcpts:
+                    break
+                await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
 def test_an_outcome_that_cannot_be_recorded_stops_the_next_message_before_its_end(
         app, user, smtp_server, use_relay):
     server = smtp_server()
-    handler = NotesRecipients()
+    handler = AnswersOnceAnotherIsAtData("to1@remote.example", "to2@remote.example")
     server.controller.handler = server.handler = handler
     use_relay(server)
     ids = _queue_many(user, 3)
@@ -238,12 +259,13 @@ def test_a_job_timeout_gives_back_what_was_never_handed_over(app, user, smtp_ser
 
     states = [(r.state, r.attempts) for r in _rows(ids)]
     assert states[0] == ("sent", 1)
-    # The one out when the timeout struck, and the one handed over behind it, keep their
-    # claims (the first may have been delivered: the sweep decides after the lease).
-    assert states[1:3] == [("sending", 1), ("sending", 1)]
-    # The rest were never handed over: back in the queue at once, the attempt not spent.
-    assert states[3:] == [("queued", 0), ("queued", 0)]
-    assert all(r.lease_until is None for r in _rows(ids[3:]))
+    # The one out when the timeout struck, and the two handed over behind it (one for each
+    # session), keep their claims (the first may have been delivered: the sweep decides
+    # after the lease).
+    assert states[1:4] == [("sending", 1)] * 3
+    # The last was never handed over: back in the queue at once, the attempt not spent.
+    assert states[4:] == [("queued", 0)]
+    assert _rows(ids[4:])[0].lease_until is None
 
 
 def test_claims_commit_synced_and_outcomes_do_not(app, user, smtp_server, use_relay):
@@ -344,3 +366,63 @@ def test_a_message_lost_after_its_end_of_data_stays_uncertain_if_recording_fails
     assert (row.state, row.last_error_kind) == ("uncertain", "uncertain")
     assert "may have been delivered" in row.last_error_message
     assert "recording it failed" in row.last_error_text and "disk says no" in row.last_error_text
+
+
+class OneSessionOnly(ScriptedHandler):
+    """Answers 421 to a session that greets it while another one is still connected: a
+    server that allows one connection per client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected: Any = None  # the aiosmtpd protocol of the session it serves
+        self.refused: set[int] = set()  # sessions refused (EHLO, then smtplib's HELO)
+
+    def _refuses(self, server: Any) -> bool:
+        if self.connected is not None and self.connected is not server \
+                and self.connected.transport is not None:
+            self.refused.add(id(server))
+            return True
+        self.connected = server
+        return False
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        if self._refuses(server):
+            return ["421 4.7.0 One connection at a time, please"]
+        session.host_name = hostname
+        return responses
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        if self._refuses(server):
+            return "421 4.7.0 One connection at a time, please"
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+
+def test_a_server_that_takes_one_session_gets_one_and_nothing_is_lost(app, user, smtp_server,
+                                                                      use_relay):
+    server = smtp_server()
+    handler = OneSessionOnly()
+    server.controller.handler = server.handler = handler
+    use_relay(server)
+    ids = _queue_many(user, 5)
+
+    # Its own message, then a group: the group's second session is refused.
+    assert send_message(ids[0]) == "sent"
+
+    assert len(handler.refused) == 1
+    rows = _rows(ids)
+    assert [r.state for r in rows[:2]] == ["sent", "sent"]
+    # What could not go over the second session went back to the queue, as it was: not an
+    # error, no attempt spent, no words for the user.
+    assert [(r.state, r.attempts, r.last_error_message) for r in rows[2:]] == \
+        [("queued", 0, "")] * 3
+    # Their own jobs (enqueued again) send them; that server now gets one session at a time.
+    assert send_message(ids[2]) == "sent"
+    rows = _rows(ids)
+    assert [(r.state, r.attempts, r.last_error_message) for r in rows] == [("sent", 1, "")] * 5
+    assert [m.rcpt_tos for m in server.messages] == [[f"to{n}@remote.example"]
+                                                     for n in range(5)]
+    assert len(handler.refused) == 1  # never asked again
+    # The second job's messages went over one session.
+    assert len({m.peer for m in server.messages[2:]}) == 1

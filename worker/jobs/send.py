@@ -6,16 +6,18 @@ the bytes never change across attempts; a retry goes only to recipients still pe
 
 One job sends its own message, then keeps taking the other due messages of the same
 transport (the organization's relay, or one Send Mail As SMTP server) in groups of
-`BATCH_SIZE`, over the same SMTP session, until none are due or `BATCH_SECONDS` have
-passed. Each group is claimed (a lease) and counted against the daily limits in one
-commit before a byte of it leaves; each message's outcome (who accepted, who refused,
-its state) is committed right after its SMTP reply. The jobs of messages a batch already
+`BATCH_SIZE`, over the same SMTP sessions (two at once), until none are due or
+`BATCH_SECONDS` have passed. Each group is claimed (a lease) and counted against the
+daily limits in one commit before a byte of it leaves; each message's outcome (who
+accepted, who refused, its state) is committed right after its SMTP reply. The jobs of messages a batch already
 sent find them not due and return at once.
 
-The SMTP exchanges run on a thread of their own (`_SmtpPipeline`) while the job's thread
-commits outcomes: the next message's MAIL, RCPT and DATA go out during the commit of the
-one before, and only its end of DATA waits for that commit. So no more than one message
-is ever between its end of DATA and its recorded outcome, as when sending one at a time.
+The SMTP exchanges run on threads of their own (`_SmtpPipeline`, one per session, messages
+taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT and
+DATA go out during the commit of the one before, and only their end of DATA waits for it,
+whichever session they use. So no more than one message is ever between its end of DATA
+and its recorded outcome, as when sending one at a time. A server that refuses a second
+session gets one at a time.
 An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
 nothing; a power cut can take back the outcomes since the last synced commit (each
 group's claim is one), and those messages are then sent again like any claimed by a dead
@@ -106,7 +108,7 @@ _OUTGOING = OutgoingMessage.__table__
 _RECIPIENT = OutgoingRecipient.__table__
 _USER = User.__table__
 
-# transport key → (open session, last use on the monotonic clock)
+# (transport key, slot) → (open session, last use on the monotonic clock)
 _connections: dict[tuple, tuple[SmtpConnection, float]] = {}
 
 
@@ -151,43 +153,45 @@ class _Transport:
 
 
 def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
-               raw: bytes, before_end_of_data: Callable[[], None] | None = None
-               ) -> SendOutcome:
+               raw: bytes, before_end_of_data: Callable[[], None] | None = None,
+               slot: int = 0) -> SendOutcome:
     """Send through a cached session if one is open, else a new one; keep it for the next.
 
     `before_end_of_data` runs after the server's 354, before the message goes (it may
-    withhold it: see SmtpConnection.send).
+    withhold it: see SmtpConnection.send). `slot` tells apart the sessions one job keeps
+    open to the same server at once (see _SmtpPipeline).
     """
     now = time.monotonic()
     _close_idle(now)
-    cached = _connections.pop(transport.key, None)
+    key = (*transport.key, slot)
+    cached = _connections.pop(key, None)
     if cached is not None:
         connection = cached[0]
         try:
             outcome = connection.send(envelope_from, recipients, raw, before_end_of_data)
         except SmtpError as error:
             if error.kind != "connect":
-                _keep(transport, connection)
+                _keep(key, connection)
                 raise
             # The server closed the idle session before MAIL FROM went through: nothing of
             # this message was sent, so a fresh session is safe.
             connection.close()
         else:
-            _keep(transport, connection)
+            _keep(key, connection)
             return outcome
     connection = transport.connect()
     try:
         outcome = connection.send(envelope_from, recipients, raw, before_end_of_data)
     except SmtpError:
-        _keep(transport, connection)
+        _keep(key, connection)
         raise
-    _keep(transport, connection)
+    _keep(key, connection)
     return outcome
 
 
-def _keep(transport: _Transport, connection: SmtpConnection) -> None:
+def _keep(key: tuple, connection: SmtpConnection) -> None:
     if connection.is_open:
-        _connections[transport.key] = (connection, time.monotonic())
+        _connections[key] = (connection, time.monotonic())
     else:
         connection.close()
 
@@ -650,47 +654,81 @@ def recover_sent_copies(session: Session, now: datetime | None = None) -> list[i
 # --- the job ----------------------------------------------------------------------------
 
 
+# transport key → until when (monotonic) its server gets one session at a time: it would
+# not open a second one (some servers allow one connection per client).
+_one_session_until: dict[tuple, float] = {}
+ONE_SESSION_SECONDS = 3600.0
+
+
 class _SmtpPipeline:
-    """The SMTP side of a group, on a thread of its own, while the job's thread records.
+    """The SMTP side of a group, on threads of their own, while the job's thread records.
 
     Messages are put in order and come back in the same order from `result()`, as
     ("sent", SendOutcome), ("error", SmtpError), ("unsent", None) or ("crash", exception).
-    The end of DATA of a message is held until every message put before it is settled
-    (`settle()`: its outcome committed). So a crash can still leave at most one message
-    whose fate is unknown, as when sending one at a time, while the next message's MAIL,
-    RCPT and DATA commands go out during that commit instead of after it.
+    They go out over `SESSIONS` SMTP sessions in turn, each on a thread of its own and
+    opened when it gets its first message. The end of DATA of a message is held until
+    every message put before it is settled (`settle()`: its outcome committed), whichever
+    session it went over. So a crash can still leave at most one message whose fate is
+    unknown, as when sending one at a time, while the other messages' MAIL, RCPT and DATA
+    go out during that commit and during the server's work on the message before.
 
-    After a transport error, the deadline, or `settle(False)`, nothing more is sent: the
-    message held at the end of DATA is withheld (its session closed, nothing delivered),
-    and every further one comes back "unsent".
+    After a transport error, the deadline, or `settle(False)`, nothing more is sent: a
+    message held at its end of DATA is withheld (its session closed, nothing delivered),
+    and every further one comes back "unsent" (one put before the failing message, on the
+    other session, still goes: as over one session). A server that will not open a second
+    session is not an error: that message comes back "unsent" (the batch gives it back to
+    the queue, attempt not spent) and the server gets one session at a time from then on
+    (for ONE_SESSION_SECONDS).
     """
 
-    # Messages handed over ahead of the one being recorded (bytes held in memory).
-    AHEAD = 2
+    # SMTP sessions at once. With one, a message waits for its four round trips in turn;
+    # with two, three of them overlap the other session's end of DATA and its commit. On
+    # the send bench (bench/send.py, SQLite, 2 cores) one session gave 0.64-0.66 of raw
+    # smtplib, two 0.75-0.82, three 0.76-0.78: the worker's own processor time is then
+    # the limit.
+    SESSIONS = 2
     # An end of DATA waits this long at most for the commit before it, then is withheld:
     # should the job's thread be gone without stopping the pipeline (a timeout striking
-    # inside close()), the thread still ends. Far above any commit (SQLite's busy timeout
+    # inside close()), the threads still end. Far above any commit (SQLite's busy timeout
     # is 30 s).
     GATE_SECONDS = 300.0
 
     def __init__(self, transport: _Transport, deadline: float | None):
         self._transport = transport
         self._deadline = deadline
-        self._feed: queue.SimpleQueue = queue.SimpleQueue()
-        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        single = _one_session_until.get(transport.key, 0.0) > time.monotonic()
+        self.sessions = 1 if single else self.SESSIONS
+        # Messages handed over ahead of the one being recorded (their bytes held in
+        # memory): one for each session besides the one just recorded.
+        self.ahead = self.sessions + 1
+        self._feeds = [queue.SimpleQueue() for _ in range(self.sessions)]
+        self._results = [queue.SimpleQueue() for _ in range(self.sessions)]
+        self._put = 0
+        self._returned = 0
         self._settled = 0
-        self._stopped = False
+        self._stopped = False  # by the job's thread: settle(False) or close()
+        # By a sending thread: from this message on nothing goes, over either session (the
+        # messages before it still may: they come before it, as over one session).
+        self._halted_from: int | None = None
         self._condition = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="smtp-send", daemon=True)
-        self._thread.start()
+        self._threads: list[threading.Thread] = []
 
     def put(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
         """Hand over the next message."""
-        self._feed.put((envelope_from, recipients, raw))
+        slot = self._put % self.sessions
+        if slot == len(self._threads):
+            thread = threading.Thread(target=self._run, args=(slot,),
+                                      name=f"smtp-send-{slot}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._feeds[slot].put((self._put, envelope_from, recipients, raw))
+        self._put += 1
 
     def result(self) -> tuple[str, object]:
         """What became of the oldest message not yet returned (waits for it)."""
-        return self._results.get()
+        outcome = self._results[self._returned % self.sessions].get()
+        self._returned += 1
+        return outcome
 
     def settle(self, go_on: bool = True) -> None:
         """The oldest message's outcome is committed; with go_on False, send nothing more."""
@@ -700,49 +738,81 @@ class _SmtpPipeline:
             self._condition.notify_all()
 
     def close(self) -> None:
-        """Send nothing more, and let the thread end.
+        """Send nothing more, and let the threads end.
 
-        After a normal group the thread is idle and ends at once. If the job's thread is
-        leaving on an exception (the job timeout), the thread may be waiting for a reply:
-        it is not waited for long, since no end of DATA can leave after this.
+        After a normal group the threads are idle and end at once. If the job's thread is
+        leaving on an exception (the job timeout), a thread may be waiting for a reply: it
+        is not waited for long, since no end of DATA can leave after this.
         """
         with self._condition:
             self._stopped = True
             self._condition.notify_all()
-        self._feed.put(None)
-        self._thread.join(timeout=5)
+        for feed in self._feeds:
+            feed.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
-    def _run(self) -> None:
-        index = 0
-        halted = False
-        while (item := self._feed.get()) is not None:
-            if halted or self._stopped or (self._deadline is not None
-                                           and time.monotonic() > self._deadline):
-                halted = True
-                self._results.put(("unsent", None))
+    def _halt(self, index: int) -> None:
+        with self._condition:
+            if self._halted_from is None or index < self._halted_from:
+                self._halted_from = index
+            self._condition.notify_all()  # a later message held at its end of DATA is withheld
+
+    def _halted(self, index: int) -> bool:
+        return self._halted_from is not None and self._halted_from <= index
+
+    def _run(self, slot: int) -> None:
+        feed, results = self._feeds[slot], self._results[slot]
+        while (item := feed.get()) is not None:
+            index, envelope_from, recipients, raw = item
+            if self._halted(index) or self._stopped or (
+                    self._deadline is not None and time.monotonic() > self._deadline):
+                self._halt(index)
+                results.put(("unsent", None))
                 continue
-            envelope_from, recipients, raw = item
+            if slot and not self._opened(slot):
+                self._halt(index)
+                results.put(("unsent", None))
+                continue
             try:
                 outcome = _send_over(self._transport, envelope_from, recipients, raw,
-                                     lambda settled=index: self._wait_settled(settled))
+                                     lambda settled=index: self._wait_settled(settled), slot)
             except EndOfDataWithheld:
-                halted = True
-                self._results.put(("unsent", None))
+                self._halt(index)
+                results.put(("unsent", None))
             except SmtpError as error:
-                halted = error.kind in _TRANSPORT_ERRORS
-                self._results.put(("error", error))
+                if error.kind in _TRANSPORT_ERRORS:
+                    self._halt(index + 1)
+                results.put(("error", error))
             except BaseException as error:  # noqa: BLE001 - reported to the job's thread
-                halted = True
-                self._results.put(("crash", error))
+                self._halt(index + 1)
+                results.put(("crash", error))
             else:
-                self._results.put(("sent", outcome))
-            index += 1
+                results.put(("sent", outcome))
+
+    def _opened(self, slot: int) -> bool:
+        """Whether this further session is open, opening it if need be. If the server will
+        not open it, it gets one session at a time from now on (the first session's
+        failures are its messages' own, with the server's words)."""
+        key = (*self._transport.key, slot)
+        if key in _connections:
+            return True
+        try:
+            _keep(key, self._transport.connect())
+        except SmtpError as error:
+            log.info("%s:%s: no second SMTP session (%s); one at a time from now on",
+                     self._transport.host, self._transport.port, error)
+            _one_session_until[self._transport.key] = time.monotonic() + ONE_SESSION_SECONDS
+            return False
+        return True
 
     def _wait_settled(self, count: int) -> None:
-        """Hold the end of DATA until `count` messages are settled; withhold it if stopped."""
+        """Hold the end of DATA of message `count` until the `count` messages before it are
+        settled; withhold it if stopped or halted."""
         with self._condition:
-            if not self._condition.wait_for(lambda: self._settled >= count or self._stopped,
-                                            timeout=self.GATE_SECONDS) or self._stopped:
+            if not self._condition.wait_for(
+                    lambda: self._settled >= count or self._stopped or self._halted(count),
+                    timeout=self.GATE_SECONDS) or self._stopped or self._halted(count):
                 raise EndOfDataWithheld()
 
 
@@ -886,7 +956,7 @@ class _Batch:
             while True:
                 # The next message is read and handed over while this one is out: its MAIL,
                 # RCPT and DATA can go while this thread commits the outcome before it.
-                while go_on and waiting and len(fed) < _SmtpPipeline.AHEAD:
+                while go_on and waiting and len(fed) < pipeline.ahead:
                     row = waiting.popleft()
                     prepared = self._prepare(row)
                     if prepared is None:
@@ -895,6 +965,12 @@ class _Batch:
                         pipeline.put(row.envelope_from, *prepared)
                         fed.append((row, prepared[1]))
                 if not fed:
+                    break
+                if not go_on:
+                    # Stopped: nothing handed over can reach its end of DATA any more, so
+                    # it goes back as it was, without waiting for its session (which may be
+                    # stuck connecting to a server in trouble).
+                    unsent.extend(row for row, _raw in fed)
                     break
                 row, raw = fed.popleft()
                 kind, result = pipeline.result()
