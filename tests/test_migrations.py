@@ -91,3 +91,44 @@ def test_downgrade_refuses_while_messages_are_packed(app, tmp_path, capsys):
         downgrade(revision="0008")
         db.session.remove()
         db.engine.dispose()
+
+
+def test_downgrades_keep_the_rows_that_point_at_the_altered_tables(app, tmp_path):
+    """0010 and 0009 drop columns of outgoing_message and blob, which other rows point at
+    (outgoing_recipient with ON DELETE CASCADE, message without): on SQLite with foreign
+    keys on, rebuilding those tables would delete or refuse them. Nothing is lost."""
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import text
+
+    from webapp import create_app
+    from webapp.services import outbox
+    from webapp.services.directory import create_organization
+
+    scratch = create_app({"INSTANCE_PATH": str(tmp_path)},
+                         environ={"SKYDESK_ENV": "test",
+                                  "DATABASE_URL": f"sqlite:///{tmp_path / 'scratch.db'}",
+                                  "BLOB_DIR": str(tmp_path / "blobs")})
+    tables = ("outgoing_message", "outgoing_recipient", "blob", "message")
+
+    def counts() -> dict[str, int]:
+        db.session.remove()
+        return {table: db.session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+                for table in tables}
+
+    with scratch.app_context():
+        upgrade()
+        _org, user = create_organization(db.session, name="Acme", domain="acme.example",
+                                         admin_email="ann@acme.example",
+                                         admin_password="correct horse battery")
+        outbox.queue_message(db.session, user, None, "a@remote.example, b@remote.example",
+                             "", "", "Hello", "Body\n", None, [], None, None)
+        db.session.commit()
+        before = counts()
+        assert before["outgoing_recipient"] == 2 and before["blob"] >= 1
+
+        downgrade(revision="0008")
+        assert counts() == before
+        upgrade()
+        assert counts() == before
+        db.session.remove()
+        db.engine.dispose()

@@ -255,6 +255,12 @@ class SmtpConnection:
         """True while the session can still carry a message."""
         return self._client is not None and self._client.sock is not None
 
+    def set_timeout(self, seconds: float) -> None:
+        """Wait this long for each reply from now on (a session opened with a shorter one)."""
+        self.timeout = seconds
+        if self._client is not None and self._client.sock is not None:
+            self._client.sock.settimeout(seconds)
+
     def open(self) -> None:
         """Connect, greet, secure and sign in; raise a classified SmtpError on any failure."""
         if self._client is not None:

@@ -30,7 +30,9 @@ def downgrade():
     if packed:
         raise RuntimeError(f"{packed} messages are stored in pack files; run `flask --app wsgi "
                            "blobs gc --unpack` before downgrading")
-    with op.batch_alter_table('blob', schema=None) as batch_op:
+    # In place, not by SQLite's copy-and-rename: dropping the old blob table would delete
+    # its rows under foreign keys that point at them (or fail on them).
+    with op.batch_alter_table('blob', schema=None, recreate='never') as batch_op:
         batch_op.drop_index('ix_blob_pack')
         batch_op.drop_column('pack_offset')
         batch_op.drop_column('pack')

@@ -23,5 +23,8 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table('outgoing_message', schema=None) as batch_op:
+    # Dropped in place (SQLite 3.35 and newer can): SQLite's usual copy-and-rename would
+    # drop the old table, and with foreign keys on that deletes every outgoing_recipient
+    # row through ON DELETE CASCADE.
+    with op.batch_alter_table('outgoing_message', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('sent_envelope')

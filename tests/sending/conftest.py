@@ -13,9 +13,12 @@ from webapp.services.secrets import encrypt_secret
 
 
 @pytest.fixture(autouse=True)
-def _no_cached_sessions():
+def _no_cached_sessions(smtp_server):
     """Every test starts and ends without SMTP sessions kept for reuse, and without servers
-    remembered as taking one session at a time (a later test's server may get its port)."""
+    remembered as taking one session at a time (a later test's server may get its port).
+
+    It asks for the server factory so that its teardown runs first: sessions are closed
+    while their servers still run, and the servers close their side too."""
     from worker.jobs.send import _one_session_until, close_cached_connections
 
     close_cached_connections()

@@ -426,3 +426,29 @@ def test_a_server_that_takes_one_session_gets_one_and_nothing_is_lost(app, user,
     assert len(handler.refused) == 1  # never asked again
     # The second job's messages went over one session.
     assert len({m.peer for m in server.messages[2:]}) == 1
+
+
+def test_a_second_session_that_fails_oddly_still_answers_for_its_message(app, smtp_server,
+                                                                         tmp_path):
+    """Whatever goes wrong on a sending thread, each message handed over gets its result: a
+    missing CA bundle (an error outside SMTP) while opening the second session comes back
+    as that message's crash at once, rather than leaving the job waiting for it."""
+    from worker.jobs.send import _connections, _keep, _SmtpPipeline, _Transport
+
+    server = smtp_server(tls="ssl")
+    transport = _Transport(server.host, server.port, "ssl", "", "")
+    transport.ca_bundle = server.ca_bundle
+    _keep((*transport.key, 0), transport.connect())  # the first session, already open
+    transport.ca_bundle = str(tmp_path / "gone.pem")  # the operator moved the bundle away
+    pipeline = _SmtpPipeline(transport, None)
+    for n in range(2):
+        pipeline.put("me@acme.example", [f"to{n}@remote.example"],
+                     f"Subject: {n}\r\n\r\nBody\r\n".encode())
+
+    assert pipeline.result()[0] == "sent"
+    pipeline.settle()
+    kind, error = pipeline.result()
+    assert kind == "crash" and isinstance(error, FileNotFoundError)
+    pipeline.close()
+    assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
+    assert (*transport.key, 1) not in _connections

@@ -49,6 +49,8 @@ def test_mail_not_filed_in_sent_keeps_no_envelope(app, org, user, smtp_server, u
                                          "Your reset link", "Body\n")
     db.session.commit()
     assert system.file_in_sent is False and system.sent_envelope is None
+    assert db.session.scalar(select(OutgoingMessage.id).where(
+        OutgoingMessage.sent_envelope.is_(None))) == system.id  # SQL NULL, not JSON null
 
 
 def test_the_worker_files_the_copy_with_the_kept_envelope(app, user, smtp_server, use_relay):
@@ -65,6 +67,11 @@ def test_the_worker_files_the_copy_with_the_kept_envelope(app, user, smtp_server
 
     copy = _sent_copy(user)
     assert copy.subject == "As kept when queued"
+    # It served its one use: cleared (SQL NULL) once the copy is filed.
+    db.session.expire_all()
+    assert db.session.scalar(select(OutgoingMessage.id).where(
+        OutgoingMessage.id == outgoing.id, OutgoingMessage.sent_envelope.is_(None))) \
+        == outgoing.id
     store = blobs.get_store(app.config["BLOB_DIR"])
     assert store.get(copy.blob_sha256) == server.messages[0].data  # the bytes as sent
     linked = db.session.scalars(select(MessageAddress.email).where(

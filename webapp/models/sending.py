@@ -116,8 +116,10 @@ class OutgoingMessage(db.Model):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # What filing the Sent copy needs from the header block (mime.envelope_as_json), read
     # once when queued: the worker files a group's copies without parsing each again. None
-    # when no copy is filed, and on rows queued before the column (their bytes are parsed).
-    sent_envelope: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # (SQL NULL) when no copy is filed, once it is, and on rows queued before the column
+    # (their bytes are parsed). Deferred: the Outbox page has no use for it.
+    sent_envelope: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True,
+                                                       deferred=True)
 
     recipients: Mapped[list["OutgoingRecipient"]] = relationship(
         back_populates="outgoing", cascade="all, delete-orphan", passive_deletes=True,

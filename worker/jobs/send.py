@@ -142,13 +142,14 @@ class _Transport:
         # Read here, on the job's thread: the session may be opened on the sending thread.
         self.ca_bundle = current_app.config.get("MAIL_CA_BUNDLE")
 
-    def connect(self) -> SmtpConnection:
-        """A new signed-in SMTP session."""
+    def connect(self, timeout: float = 60.0) -> SmtpConnection:
+        """A new signed-in SMTP session (`timeout`: for each step of opening it)."""
         connection = SmtpConnection(self.host, self.port, security=self.security,
                                     username=self.username or None,
-                                    password=self.password or None, timeout=60.0,
+                                    password=self.password or None, timeout=timeout,
                                     ca_bundle=self.ca_bundle)
         connection.open()
+        connection.set_timeout(60.0)
         return connection
 
 
@@ -596,8 +597,10 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     lease = case((c.state == "sending", c.lease_until), else_=None)
     connection = session.connection()
     if filed:
+        # The kept envelope has served its one use.
         connection.execute(update(_OUTGOING).where(c.id == bindparam("b_id"))
-                           .values(sent_message_pk=bindparam("b_pk"), lease_until=lease), filed)
+                           .values(sent_message_pk=bindparam("b_pk"), lease_until=lease,
+                                   sent_envelope=None), filed)
     if given_up:
         for entry in given_up:
             log.warning("outgoing %s sent but not filed in Sent: %s", entry["b_id"],
@@ -658,6 +661,9 @@ def recover_sent_copies(session: Session, now: datetime | None = None) -> list[i
 # not open a second one (some servers allow one connection per client).
 _one_session_until: dict[tuple, float] = {}
 ONE_SESSION_SECONDS = 3600.0
+# A further session not open within this (a server that queues a second connection
+# instead of refusing it) is given up, and the server gets one session at a time.
+FURTHER_SESSION_SECONDS = 15.0
 
 
 class _SmtpPipeline:
@@ -675,10 +681,11 @@ class _SmtpPipeline:
     After a transport error, the deadline, or `settle(False)`, nothing more is sent: a
     message held at its end of DATA is withheld (its session closed, nothing delivered),
     and every further one comes back "unsent" (one put before the failing message, on the
-    other session, still goes: as over one session). A server that will not open a second
-    session is not an error: that message comes back "unsent" (the batch gives it back to
-    the queue, attempt not spent) and the server gets one session at a time from then on
-    (for ONE_SESSION_SECONDS).
+    other session, still goes: as over one session). The second session is opened only
+    beside an open first one; a server that will not open it (or not within
+    FURTHER_SESSION_SECONDS) is not in error: that message comes back "unsent" (the batch
+    gives it back to the queue, attempt not spent) and the server gets one session at a
+    time from then on (for ONE_SESSION_SECONDS).
     """
 
     # SMTP sessions at once. With one, a message waits for its four round trips in turn;
@@ -711,6 +718,10 @@ class _SmtpPipeline:
         # messages before it still may: they come before it, as over one session).
         self._halted_from: int | None = None
         self._condition = threading.Condition()
+        # The first session: whether its first message is done, and whether it is open
+        # (kept) after its latest one. A further session is opened only beside an open one.
+        self._first_tried = False
+        self._first_open = False
         self._threads: list[threading.Thread] = []
 
     def put(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
@@ -719,8 +730,8 @@ class _SmtpPipeline:
         if slot == len(self._threads):
             thread = threading.Thread(target=self._run, args=(slot,),
                                       name=f"smtp-send-{slot}", daemon=True)
+            thread.start()  # then noted: close() must never join a thread not started
             self._threads.append(thread)
-            thread.start()
         self._feeds[slot].put((self._put, envelope_from, recipients, raw))
         self._put += 1
 
@@ -764,41 +775,57 @@ class _SmtpPipeline:
     def _run(self, slot: int) -> None:
         feed, results = self._feeds[slot], self._results[slot]
         while (item := feed.get()) is not None:
-            index, envelope_from, recipients, raw = item
+            # Exactly one result per message, whatever happens: the job's thread waits for it.
+            results.put(self._send_one(slot, *item))
+
+    def _send_one(self, slot: int, index: int, envelope_from: str, recipients: list[str],
+                  raw: bytes) -> tuple[str, object]:
+        try:
             if self._halted(index) or self._stopped or (
                     self._deadline is not None and time.monotonic() > self._deadline):
                 self._halt(index)
-                results.put(("unsent", None))
-                continue
-            if slot and not self._opened(slot):
+                return ("unsent", None)
+            if slot and not self._opened(slot, index):
                 self._halt(index)
-                results.put(("unsent", None))
-                continue
-            try:
-                outcome = _send_over(self._transport, envelope_from, recipients, raw,
-                                     lambda settled=index: self._wait_settled(settled), slot)
-            except EndOfDataWithheld:
-                self._halt(index)
-                results.put(("unsent", None))
-            except SmtpError as error:
-                if error.kind in _TRANSPORT_ERRORS:
-                    self._halt(index + 1)
-                results.put(("error", error))
-            except BaseException as error:  # noqa: BLE001 - reported to the job's thread
+                return ("unsent", None)
+            outcome = _send_over(self._transport, envelope_from, recipients, raw,
+                                 lambda: self._wait_settled(index), slot)
+        except EndOfDataWithheld:
+            self._halt(index)
+            return ("unsent", None)
+        except SmtpError as error:
+            if error.kind in _TRANSPORT_ERRORS:
                 self._halt(index + 1)
-                results.put(("crash", error))
-            else:
-                results.put(("sent", outcome))
+            return ("error", error)
+        except BaseException as error:  # noqa: BLE001 - reported to the job's thread
+            self._halt(index + 1)
+            return ("crash", error)
+        finally:
+            if slot == 0:
+                with self._condition:
+                    self._first_tried = True
+                    self._first_open = (*self._transport.key, 0) in _connections  # kept
+                    self._condition.notify_all()
+        return ("sent", outcome)
 
-    def _opened(self, slot: int) -> bool:
-        """Whether this further session is open, opening it if need be. If the server will
-        not open it, it gets one session at a time from now on (the first session's
-        failures are its messages' own, with the server's words)."""
+    def _opened(self, slot: int, index: int) -> bool:
+        """Whether this further session is open, opening it if need be.
+
+        It is opened only beside an open first session (else the server is in trouble, or
+        it would take the first one's place), and within FURTHER_SESSION_SECONDS. If the
+        server will not open it then, the server gets one session at a time from now on.
+        """
         key = (*self._transport.key, slot)
         if key in _connections:
             return True
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self._first_tried or self._stopped or self._halted(index),
+                timeout=self.GATE_SECONDS)
+            if not self._first_open or self._stopped or self._halted(index):
+                return False
         try:
-            _keep(key, self._transport.connect())
+            _keep(key, self._transport.connect(timeout=FURTHER_SESSION_SECONDS))
         except SmtpError as error:
             log.info("%s:%s: no second SMTP session (%s); one at a time from now on",
                      self._transport.host, self._transport.port, error)
