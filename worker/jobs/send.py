@@ -9,8 +9,8 @@ transport (the organization's relay, or one Send Mail As SMTP server) in groups 
 `BATCH_SIZE`, over the same SMTP sessions (two at once), until none are due or
 `BATCH_SECONDS` have passed. Each group is claimed (a lease) and counted against the
 daily limits in one commit before a byte of it leaves; each message's outcome (who
-accepted, who refused, its state) is committed right after its SMTP reply. The jobs of messages a batch already
-sent find them not due and return at once.
+accepted, who refused, its state) is committed right after its SMTP reply. The jobs of
+messages a batch already sent find them not due and return at once.
 
 The SMTP exchanges run on threads of their own (`_SmtpPipeline`, one per session, messages
 taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT and
