@@ -104,6 +104,9 @@ OWED_BYTES = 64 * 1024 * 1024
 # Owed Sent copies filed per sweep (the rest at the next one).
 SWEEP_COPIES = 500
 
+# How long a sending session waits for each reply of the server.
+REPLY_SECONDS = 60.0
+
 _OUTGOING = OutgoingMessage.__table__
 _RECIPIENT = OutgoingRecipient.__table__
 _USER = User.__table__
@@ -142,14 +145,15 @@ class _Transport:
         # Read here, on the job's thread: the session may be opened on the sending thread.
         self.ca_bundle = current_app.config.get("MAIL_CA_BUNDLE")
 
-    def connect(self, timeout: float = 60.0) -> SmtpConnection:
-        """A new signed-in SMTP session (`timeout`: for each step of opening it)."""
+    def connect(self, timeout: float = REPLY_SECONDS) -> SmtpConnection:
+        """A new signed-in SMTP session (`timeout`: for each step of opening it; each reply
+        after that gets REPLY_SECONDS)."""
         connection = SmtpConnection(self.host, self.port, security=self.security,
                                     username=self.username or None,
                                     password=self.password or None, timeout=timeout,
                                     ca_bundle=self.ca_bundle)
         connection.open()
-        connection.set_timeout(60.0)
+        connection.set_timeout(REPLY_SECONDS)
         return connection
 
 
