@@ -111,13 +111,14 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
 class EndOfDataWithheld(Exception):
     """Raised by a `before_end_of_data` hook: this message must not be sent after all.
 
-    The session is closed with the message body unsent, so the server discards it.
+    The session is closed without the line that ends the data, so the server discards what
+    it read of the body.
     """
 
 
 class _TrackingMixin:
     """smtplib additions: TCP_NODELAY, knowing whether the end of DATA went out, and a hook
-    called just before it goes."""
+    called just before it goes (after the body: see send)."""
 
     end_of_data_sent: bool = False
     before_end_of_data = None
@@ -134,8 +135,14 @@ class _TrackingMixin:
         # sendall() raising means the terminator did not fully reach the kernel.
         end_of_data = isinstance(s, bytes) and s.endswith(b"\r\n.\r\n")
         if end_of_data and self.before_end_of_data is not None:
-            self.before_end_of_data()  # may raise EndOfDataWithheld: nothing of the body left
-        super().send(s)  # type: ignore[misc]
+            # The body goes first, the ".\r\n" that ends it only after the hook: the body
+            # crosses the network (and the server reads it) while the hook waits, and a
+            # withheld message is still only a session closed before its end of DATA.
+            super().send(memoryview(s)[:-3])  # type: ignore[misc]
+            self.before_end_of_data()  # may raise EndOfDataWithheld
+            super().send(s[-3:])  # type: ignore[misc]
+        else:
+            super().send(s)  # type: ignore[misc]
         if end_of_data:
             self.end_of_data_sent = True
 
@@ -322,8 +329,9 @@ class SmtpConnection:
              before_end_of_data: Callable[[], None] | None = None) -> SendOutcome:
         """Send one message's exact bytes; report per-recipient refusals, raise if nobody got it.
 
-        `before_end_of_data` is called after the server said 354 and before the message
-        goes; raising EndOfDataWithheld there closes the session with nothing delivered.
+        `before_end_of_data` is called after the server said 354 and the body went, before
+        the line that ends the data; raising EndOfDataWithheld there closes the session
+        with nothing delivered.
         """
         client = self._client
         if client is None or client.sock is None:

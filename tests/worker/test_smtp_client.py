@@ -1,15 +1,19 @@
 """worker.smtp against a real aiosmtpd: delivery, TLS verification, and every error class."""
 from __future__ import annotations
 
+import contextlib
 import pickle
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.fixtures.smtpserver import DROP_CONNECTION, RunningSmtpServer
 from webapp.services.compose import as_bytes, build_message, make_message_id
-from worker.smtp import RecipientRefusal, SmtpConnection, SmtpError, tls_context
+from worker.smtp import (EndOfDataWithheld, RecipientRefusal, SmtpConnection, SmtpError,
+                         tls_context)
 from worker.smtp import test_connection as check_smtp_settings
 
 USER, PASSWORD = "sender@example.com", "right-password"
@@ -337,3 +341,109 @@ def test_line_breaks_in_the_login_are_refused_before_connecting(
             attempt()
         assert (caught.value.kind, caught.value.temporary) == ("auth", False)
         assert "contains a line break" in caught.value.user_message
+
+
+class WireTap:
+    """A TCP relay in front of a real server that keeps every byte the client sent.
+
+    Not a server: it only shows what had reached the wire at a given moment, which the
+    server's own handler (called once the data has ended) cannot.
+    """
+
+    def __init__(self, server: RunningSmtpServer) -> None:
+        self.sent = bytearray()
+        self.changed = threading.Condition()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._target = (server.host, server.port)
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        upstream = socket.create_connection(self._target)
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+        self._pump(client, upstream, self.sent)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray | None) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if record is not None:
+                    with self.changed:
+                        record += chunk
+                        self.changed.notify_all()
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def wait_for(self, ending: bytes, seconds: float = 5.0) -> bool:
+        """Whether what the client sent ends with `ending` within `seconds`."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.sent.endswith(ending), timeout=seconds)
+
+    def close(self) -> None:
+        for each in self._sockets:
+            each.close()
+
+
+def tapped(tap: WireTap) -> SmtpConnection:
+    """An unopened connection to the server behind the tap (no login)."""
+    return SmtpConnection(tap.host, tap.port, security="none", timeout=5.0,
+                          local_hostname="client.test")
+
+
+@pytest.fixture
+def wire_tap(smtp_server: StartServer) -> Iterator[tuple[RunningSmtpServer, WireTap]]:
+    """A real aiosmtpd and a wire tap in front of it."""
+    server = smtp_server()
+    tap = WireTap(server)
+    yield server, tap
+    tap.close()
+
+
+def test_the_body_crosses_the_wire_before_the_hook_and_its_end_only_after(
+        wire_tap: tuple[RunningSmtpServer, WireTap]) -> None:
+    """The send job's hook waits for the previous message's commit; the body need not.
+
+    The body reaches the server while the hook holds the message; only the line that ends
+    the data waits for the hook.
+    """
+    server, tap = wire_tap
+    raw = make_raw(text="Hello,\n" + "a long line of the body\n" * 400 + "Bye\n")
+    seen_in_hook: list[bytes] = []
+
+    def hook() -> None:
+        assert tap.wait_for(b"Bye\r\n"), "the body had not gone when the hook ran"
+        seen_in_hook.append(bytes(tap.sent))
+
+    with tapped(tap) as smtp:
+        outcome = smtp.send(USER, ["ann@example.org"], raw, before_end_of_data=hook)
+    assert outcome.reply_code == 250
+    [before] = seen_in_hook
+    assert before.endswith(b"Bye\r\n") and not before.endswith(b"\r\n.\r\n")
+    [received] = server.messages
+    assert received.data == raw
+
+
+def test_a_message_withheld_after_its_body_went_is_not_delivered(
+        wire_tap: tuple[RunningSmtpServer, WireTap]) -> None:
+    """Withholding closes the session before the end of DATA: the server drops the body."""
+    server, tap = wire_tap
+
+    def withhold() -> None:
+        assert tap.wait_for(b"Bye\r\n")
+        raise EndOfDataWithheld()
+
+    smtp = tapped(tap)
+    smtp.open()
+    with pytest.raises(EndOfDataWithheld):
+        smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=withhold)
+    assert not smtp.is_open
+    assert not tap.sent.endswith(b"\r\n.\r\n")
+    time.sleep(0.2)  # the server has had the connection's end; nothing may arrive later
+    assert server.messages == []

@@ -13,9 +13,9 @@ accepted, who refused, its state) is committed right after its SMTP reply. The j
 messages a batch already sent find them not due and return at once.
 
 The SMTP exchanges run on threads of their own (`_SmtpPipeline`, one per session, messages
-taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT and
-DATA go out during the commit of the one before, and only their end of DATA waits for it,
-whichever session they use. So no more than one message is ever between its end of DATA
+taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT, DATA
+and body go out during the commit of the one before, and only their end of DATA (the line
+that ends the body) waits for it, whichever session they use. So no more than one message is ever between its end of DATA
 and its recorded outcome, as when sending one at a time. A server that refuses a second
 session gets one at a time.
 An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
@@ -162,8 +162,8 @@ def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
                slot: int = 0) -> SendOutcome:
     """Send through a cached session if one is open, else a new one; keep it for the next.
 
-    `before_end_of_data` runs after the server's 354, before the message goes (it may
-    withhold it: see SmtpConnection.send). `slot` tells apart the sessions one job keeps
+    `before_end_of_data` runs after the server's 354 and the body, before the end of DATA
+    (it may withhold it: see SmtpConnection.send). `slot` tells apart the sessions one job keeps
     open to the same server at once (see _SmtpPipeline).
     """
     now = time.monotonic()
@@ -693,8 +693,8 @@ class _SmtpPipeline:
     opened when it gets its first message. The end of DATA of a message is held until
     every message put before it is settled (`settle()`: its outcome committed), whichever
     session it went over. So a crash can still leave at most one message whose fate is
-    unknown, as when sending one at a time, while the other messages' MAIL, RCPT and DATA
-    go out during that commit and during the server's work on the message before.
+    unknown, as when sending one at a time, while the other messages' MAIL, RCPT, DATA and
+    body go out during that commit and during the server's work on the message before.
 
     After a transport error, the deadline, or `settle(False)`, nothing more is sent: a
     message held at its end of DATA is withheld (its session closed, nothing delivered),
