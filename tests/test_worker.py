@@ -76,3 +76,15 @@ def test_a_failed_savepoint_drops_only_its_own_jobs(app):
     assert queue.count == 0
     db.session.commit()
     assert sorted(job.args[0] for job in queue.jobs) == ["kept", "released"]
+
+
+def test_a_worker_process_keeps_what_start_up_built_out_of_full_collections(app, cli_env):
+    """A real `flask worker` runs a job that asks the collector what it froze at start-up."""
+    job = get_queue("default").enqueue("gc.get_freeze_count")
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "worker",
+                             "--queues", "default", "--burst", "--no-scheduler"],
+                            cwd=PROJECT_ROOT, env=cli_env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    frozen = job.latest_result().return_value
+    assert frozen > 10_000  # the app and its libraries, not a handful of objects

