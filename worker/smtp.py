@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import select
 import smtplib
 import socket
 import ssl
@@ -140,11 +141,28 @@ class _TrackingMixin:
             # withheld message is still only a session closed before its end of DATA.
             super().send(memoryview(s)[:-3])  # type: ignore[misc]
             self.before_end_of_data()  # may raise EndOfDataWithheld
+            if _has_spoken(self.sock):
+                # A server says nothing during DATA. One that spoke (a 421) or hung up while
+                # the hook waited has dropped the body, and the end of DATA would look sent
+                # (the first write after a FIN succeeds): a session lost before its end of
+                # DATA, so the message is retried, not "uncertain".
+                raise smtplib.SMTPServerDisconnected(
+                    "The server spoke or closed the session during DATA")
             super().send(s[-3:])  # type: ignore[misc]
         else:
             super().send(s)  # type: ignore[misc]
         if end_of_data:
             self.end_of_data_sent = True
+
+
+def _has_spoken(sock: socket.socket) -> bool:
+    """Whether the server sent anything, or closed the session, that nobody read yet
+    (without waiting)."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _PlainOrStarttlsSMTP(_TrackingMixin, smtplib.SMTP):
