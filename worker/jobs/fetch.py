@@ -130,7 +130,8 @@ def run_batch(account_id: int, progress: ProgressCallback | None = None) -> Batc
     heartbeat = _LockHeartbeat(lock, ttl)
     heartbeat.start()
     # The cyclic garbage collector's passes measured 6-9% of a first import (its full
-    # passes walk every object of the app). A batch frees what it allocates by reference
+    # passes walked every object of the app; `flask worker` now freezes those, but tests
+    # and other callers of run_worker do not). A batch frees what it allocates by reference
     # counting; the few cycles it leaves wait for the end of the batch, which is bounded
     # in messages and time.
     collecting = gc.isenabled()

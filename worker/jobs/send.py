@@ -13,9 +13,9 @@ accepted, who refused, its state) is committed right after its SMTP reply. The j
 messages a batch already sent find them not due and return at once.
 
 The SMTP exchanges run on threads of their own (`_SmtpPipeline`, one per session, messages
-taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT, DATA
-and body go out during the commit of the one before, and only their end of DATA (the line
-that ends the body) waits for it, whichever session they use. So no more than one message is ever between its end of DATA
+taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT,
+DATA and body go out during the commit of the one before, and only their end of DATA (the
+line that ends the body) waits for it, whichever session they use. So no more than one message is ever between its end of DATA
 and its recorded outcome, as when sending one at a time. A server that refuses a second
 session gets one at a time.
 An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
@@ -707,10 +707,10 @@ class _SmtpPipeline:
     """
 
     # SMTP sessions at once. With one, a message waits for its four round trips in turn;
-    # with two, three of them overlap the other session's end of DATA and its commit. On
-    # the send bench (bench/send.py, SQLite, 2 cores) one session gave 0.64-0.66 of raw
-    # smtplib, two 0.75-0.82, three 0.76-0.78: the worker's own processor time is then
-    # the limit.
+    # with two, three of them and its body overlap the other session's end of DATA and its
+    # commit. On the send bench (bench/send.py, SQLite, 2 cores) one session gave 0.64-0.66
+    # of raw smtplib, two 0.75-0.82, three 0.76-0.78 (before the body went ahead of the
+    # gate; after it, three measured no better than two either).
     SESSIONS = 2
     # An end of DATA waits this long at most for the commit before it, then is withheld:
     # should the job's thread be gone without stopping the pipeline (a timeout striking
@@ -1000,7 +1000,7 @@ class _Batch:
         try:
             while True:
                 # The next message is read and handed over while this one is out: its MAIL,
-                # RCPT and DATA can go while this thread commits the outcome before it.
+                # RCPT, DATA and body can go while this thread commits the outcome before it.
                 while go_on and waiting and len(fed) < pipeline.ahead:
                     row = waiting.popleft()
                     prepared = self._prepare(row)
