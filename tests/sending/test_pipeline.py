@@ -278,7 +278,7 @@ def test_claims_commit_synced_and_outcomes_do_not(app, user, smtp_server, use_re
     seen: list[tuple[str, int]] = []
 
     def note(connection, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("UPDATE outgoing_message SET state="):
+        if "UPDATE outgoing_message SET state=" in statement:
             kind = "claim" if "attempts=(outgoing_message.attempts +" in statement \
                 else "outcome"
             level = connection.connection.dbapi_connection.execute(
@@ -296,6 +296,35 @@ def test_claims_commit_synced_and_outcomes_do_not(app, user, smtp_server, use_re
     # Synced every time: the first, the group's after relaxed outcomes, the last finding none.
     assert claims == ([2, 2, 2] if sqlite else ["on", "on", "on"])  # FULL
     assert outcomes == ([1, 1, 1, 1] if sqlite else ["off"] * 4)  # NORMAL
+
+
+def test_on_postgresql_an_outcome_is_one_statement_for_the_message_and_its_recipient(
+        app, user, smtp_server, use_relay):
+    """Per outcome, round trips are most of the time on PostgreSQL: the recipient's UPDATE
+    rides in the message's (a data-modifying WITH), and both rows say what happened."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no data-modifying WITH; its statements cost no round trip")
+    server = smtp_server()
+    use_relay(server)
+    ids = _queue_many(user, 3)
+    outcomes: list[str] = []
+
+    def note(connection, cursor, statement, parameters, context, executemany) -> None:
+        if "UPDATE outgoing_recipient" in statement or (
+                "UPDATE outgoing_message SET state=" in statement and "attempts" not in statement):
+            outcomes.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        assert send_message(ids[0]) == "sent"
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+    assert len(outcomes) == 3  # one per message
+    assert all(s.startswith("WITH") and "UPDATE outgoing_recipient" in s for s in outcomes)
+    for row in _rows(ids):
+        [recipient] = row.recipients
+        assert (row.state, recipient.state, recipient.code) == ("sent", "accepted", 250)
+        assert recipient.updated_at is not None and row.sent_at is not None
 
 
 def test_an_end_of_data_never_released_is_withheld_in_the_end(app, smtp_server, monkeypatch):
