@@ -15,9 +15,9 @@ messages a batch already sent find them not due and return at once.
 The SMTP exchanges run on threads of their own (`_SmtpPipeline`, one per session, messages
 taking turns) while the job's thread commits outcomes: the next messages' MAIL, RCPT,
 DATA and body go out during the commit of the one before, and only their end of DATA (the
-line that ends the body) waits for it, whichever session they use. So no more than one message is ever between its end of DATA
-and its recorded outcome, as when sending one at a time. A server that refuses a second
-session gets one at a time.
+line that ends the body) waits for it, whichever session they use. So no more than one
+message is ever between its end of DATA and its recorded outcome, as when sending one at
+a time. A server that refuses a second session gets one at a time.
 An outcome's commit does not wait for the disk (webapp.durability): a killed worker loses
 nothing; a power cut can take back the outcomes since the last synced commit (each
 group's claim is one), and those messages are then sent again like any claimed by a dead
@@ -163,8 +163,8 @@ def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
     """Send through a cached session if one is open, else a new one; keep it for the next.
 
     `before_end_of_data` runs after the server's 354 and the body, before the end of DATA
-    (it may withhold it: see SmtpConnection.send). `slot` tells apart the sessions one job keeps
-    open to the same server at once (see _SmtpPipeline).
+    (it may withhold it: see SmtpConnection.send). `slot` tells apart the sessions one job
+    keeps open to the same server at once (see _SmtpPipeline).
     """
     now = time.monotonic()
     _close_idle(now)
