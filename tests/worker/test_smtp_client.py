@@ -403,9 +403,9 @@ class WireTap:
         self._client.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a thread still in accept()
         for each in self._sockets:
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)  # wakes a thread still in accept() or recv()
             each.close()
         for thread in self._threads:
             thread.join(timeout=5)
