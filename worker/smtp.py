@@ -141,13 +141,19 @@ class _TrackingMixin:
             # withheld message is still only a session closed before its end of DATA.
             super().send(memoryview(s)[:-3])  # type: ignore[misc]
             self.before_end_of_data()  # may raise EndOfDataWithheld
-            if _has_spoken(self.sock):
-                # A server says nothing during DATA. One that spoke (a 421) or hung up while
-                # the hook waited has dropped the body, and the end of DATA would look sent
-                # (the first write after a FIN succeeds): a session lost before its end of
-                # DATA, so the message is retried, not "uncertain".
+            # A server says nothing during DATA. One that hung up while the hook waited has
+            # dropped the body, and the end of DATA would look sent (the first write after
+            # a FIN succeeds): a session lost before its end of DATA, so the message is
+            # retried, not "uncertain". One that spoke (a 421, a 552) is answered by what
+            # it said. (Over TLS only words already decrypted are seen: a record with none,
+            # such as a TLS 1.3 key update, must not end a healthy session. A hang-up there,
+            # or one after this look, still ends "uncertain".)
+            heard = _heard_during_data(self.sock)
+            if heard == "closed":
                 raise smtplib.SMTPServerDisconnected(
-                    "The server spoke or closed the session during DATA")
+                    "The server closed the session during DATA")
+            if heard == "spoke":
+                raise smtplib.SMTPResponseException(*self.getreply())  # type: ignore[misc]
             super().send(s[-3:])  # type: ignore[misc]
         else:
             super().send(s)  # type: ignore[misc]
@@ -155,14 +161,21 @@ class _TrackingMixin:
             self.end_of_data_sent = True
 
 
-def _has_spoken(sock: socket.socket) -> bool:
-    """Whether the server sent anything, or closed the session, that nobody read yet
-    (without waiting)."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
+def _heard_during_data(sock: socket.socket) -> str:
+    """What the server did since its last reply, without waiting and without reading it:
+    "spoke", "closed" or "" (nothing)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return "spoke" if sock.pending() else ""
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    if not poller.poll(0):
+        return ""  # (recv below would wait for the socket's timeout first)
+    try:
+        return "spoke" if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else "closed"
+    except BlockingIOError:
+        return ""
+    except OSError:  # reset
+        return "closed"
 
 
 class _PlainOrStarttlsSMTP(_TrackingMixin, smtplib.SMTP):

@@ -397,6 +397,11 @@ class WireTap:
         with self.changed:
             return self.changed.wait_for(lambda: self.sent.endswith(ending), timeout=seconds)
 
+    def say(self, words: bytes) -> None:
+        """Say something to the client in the server's place (the server hears nothing)."""
+        assert self._client is not None
+        self._client.sendall(words)
+
     def hang_up(self) -> None:
         """End the client's connection as a server that gives up does: it reads no more."""
         assert self._client is not None
@@ -492,6 +497,32 @@ def test_a_server_that_hangs_up_during_the_hook_gets_a_retry_not_uncertain(
     finally:
         smtp.close()
     assert (caught.value.kind, caught.value.temporary) == ("connect", True)
-    assert not tap.sent.endswith(b"\r\n.\r\n")
+    assert tap.server_closed.wait(5)
+    assert server.messages == []
+
+
+def test_a_server_that_speaks_during_the_hook_is_answered_by_what_it_said(
+        wire_tap: tuple[RunningSmtpServer, WireTap]) -> None:
+    """Review finding: a server that refused the message in the middle of its data (552)
+    must fail it for good with its words, and the session, still inside DATA for all the
+    client knows, must end rather than carry the next message."""
+    server, tap = wire_tap
+
+    def refuse() -> None:
+        tap.wait_for(b"Bye\r\n")
+        tap.say(b"552 5.3.4 Message too big for this server\r\n")
+        select.select([smtp._client.sock], [], [], 5)  # the words have reached the client
+
+    smtp = tapped(tap)
+    smtp.open()
+    try:
+        with pytest.raises(SmtpError) as caught:
+            smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=refuse)
+        assert not smtp.is_open
+    finally:
+        smtp.close()
+    assert (caught.value.kind, caught.value.code, caught.value.temporary) == ("rejected", 552, False)
+    assert "too big" in caught.value.server_text
+    assert tap.sent.endswith(b"Bye\r\n")  # the end of DATA never went
     assert tap.server_closed.wait(5)
     assert server.messages == []

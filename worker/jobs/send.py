@@ -178,8 +178,9 @@ def _send_over(transport: _Transport, envelope_from: str, recipients: list[str],
             if error.kind != "connect":
                 _keep(key, connection)
                 raise
-            # The server closed the idle session before MAIL FROM went through: nothing of
-            # this message was sent, so a fresh session is safe.
+            # The server closed the idle session before MAIL FROM went through, or during
+            # DATA before its end (SmtpConnection.send): nothing of this message was
+            # delivered, so a fresh session is safe.
             connection.close()
         else:
             _keep(key, connection)
