@@ -10,7 +10,10 @@ DELE only at QUIT). At the end every seeded message is stored exactly once, byte
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +34,12 @@ KILLS = 12
 
 
 class WorkerPool:
-    """A worker process working, and the next one loading in the background meanwhile."""
+    """A worker process working, and the next one loading in the background meanwhile.
+
+    Each worker is the leader of a process group of its own: a kill takes the process RQ's
+    scheduler forks with it, as a machine or container that dies would. (A SIGKILL of the
+    worker alone leaves that child running, outliving the test.)
+    """
 
     def __init__(self, env, log_path):
         self.env, self.log_path = env, log_path
@@ -42,7 +50,7 @@ class WorkerPool:
         with open(self.log_path, "ab") as log:
             return [subprocess.Popen([sys.executable, "-m", "tests.pop.crash_worker"],
                                      cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=log, stdin=subprocess.PIPE)]
+                                     stderr=log, stdin=subprocess.PIPE, start_new_session=True)]
 
     def start(self) -> None:
         """Let the standby worker work (once loaded), and load the next one meanwhile."""
@@ -52,10 +60,15 @@ class WorkerPool:
             process.stdin.close()
         self.running, self.standby = self.standby, self._spawn()
 
+    @staticmethod
+    def _kill_group(process: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):  # nobody left in it
+            os.killpg(process.pid, signal.SIGKILL)
+
     def kill_running(self) -> None:
-        """SIGKILL the working worker."""
+        """SIGKILL the working worker (and its scheduler)."""
         for process in self.running:
-            process.kill()
+            self._kill_group(process)
         for process in self.running:
             process.wait()
             process.stdout.close()
@@ -68,8 +81,9 @@ class WorkerPool:
         for process in self.running:
             process.wait(timeout=60)
             process.stdout.close()
+            self._kill_group(process)  # a scheduler the worker did not stop
         for process in self.standby:
-            process.kill()
+            self._kill_group(process)
             process.stdin.close()
             process.wait()
             process.stdout.close()
