@@ -422,6 +422,20 @@ def tapped(tap: WireTap) -> SmtpConnection:
                           local_hostname="client.test")
 
 
+def send_failing(smtp: SmtpConnection, hook: Callable[[], None],
+                 expected: type[Exception]) -> Exception:
+    """Open, send a message whose hook makes it fail with `expected`, and return that; the
+    session must not survive a failure inside DATA (it would carry the next message)."""
+    smtp.open()
+    try:
+        with pytest.raises(expected) as caught:
+            smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=hook)
+        assert not smtp.is_open
+    finally:
+        smtp.close()
+    return caught.value
+
+
 @pytest.fixture
 def wire_tap(smtp_server: StartServer) -> Iterator[tuple[RunningSmtpServer, WireTap]]:
     """A real aiosmtpd and a wire tap in front of it."""
@@ -464,14 +478,7 @@ def test_a_message_withheld_after_its_body_went_is_not_delivered(
         tap.wait_for(b"Bye\r\n")
         raise EndOfDataWithheld()
 
-    smtp = tapped(tap)
-    smtp.open()
-    try:
-        with pytest.raises(EndOfDataWithheld):
-            smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=withhold)
-        assert not smtp.is_open
-    finally:
-        smtp.close()
+    send_failing(tapped(tap), withhold, EndOfDataWithheld)
     assert tap.sent.endswith(b"Bye\r\n")  # the body went, its end did not
     assert tap.server_closed.wait(5)  # the server has finished with the session...
     assert server.messages == []  # ...and kept nothing of it
@@ -490,13 +497,8 @@ def test_a_server_that_hangs_up_during_the_hook_gets_a_retry_not_uncertain(
         select.select([smtp._client.sock], [], [], 5)  # its end has reached the client
 
     smtp = tapped(tap)
-    smtp.open()
-    try:
-        with pytest.raises(SmtpError) as caught:
-            smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=hang_up)
-    finally:
-        smtp.close()
-    assert (caught.value.kind, caught.value.temporary) == ("connect", True)
+    error = send_failing(smtp, hang_up, SmtpError)
+    assert (error.kind, error.temporary) == ("connect", True)
     assert tap.server_closed.wait(5)
     assert server.messages == []
 
@@ -514,15 +516,9 @@ def test_a_server_that_speaks_during_the_hook_is_answered_by_what_it_said(
         select.select([smtp._client.sock], [], [], 5)  # the words have reached the client
 
     smtp = tapped(tap)
-    smtp.open()
-    try:
-        with pytest.raises(SmtpError) as caught:
-            smtp.send(USER, ["ann@example.org"], make_raw(), before_end_of_data=refuse)
-        assert not smtp.is_open
-    finally:
-        smtp.close()
-    assert (caught.value.kind, caught.value.code, caught.value.temporary) == ("rejected", 552, False)
-    assert "too big" in caught.value.server_text
+    error = send_failing(smtp, refuse, SmtpError)
+    assert (error.kind, error.code, error.temporary) == ("rejected", 552, False)
+    assert "too big" in error.server_text
     assert tap.sent.endswith(b"Bye\r\n")  # the end of DATA never went
     assert tap.server_closed.wait(5)
     assert server.messages == []
