@@ -3,18 +3,20 @@ SMTP sessions, with every guarantee of a job per message."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from tests.factories import make_user
 from tests.fixtures.smtpserver import ScriptedHandler
 from webapp.extensions import db
 from webapp.models import Blob, Folder, Message
+from webapp.models._types import utcnow
 from webapp.models.sending import OutgoingMessage
 from webapp.queue import get_queue
 from webapp.services import blobs, outbox, sendas
-from worker.jobs.send import send_message
+from worker.jobs.send import recover_sent_copies, send_message
 
 
 def _queue(user, to: str, subject: str = "Hello", identity_id: int | None = None) -> int:
@@ -126,6 +128,64 @@ def test_a_refused_recipient_affects_only_its_own_message(app, user, smtp_server
     # Filed once each, at the first delivery; never for the refused one.
     assert [c.source_key for c in _sent_copies(user)] == [
         f"sent:{ids[0]}", f"sent:{ids[2]}", f"sent:{ids[3]}"]
+
+
+def test_a_sent_copy_takes_over_the_outbox_reference_to_its_bytes(app, user, smtp_server,
+                                                                   use_relay):
+    """Filing a message sent for good counts no blob reference and drops none: the copy
+    takes the outbox's. A message still to be retried keeps the outbox's, and its copy
+    counts its own."""
+    server = smtp_server(rcpt_replies={"busy@": ["450 4.2.1 Mailbox busy"]})
+    use_relay(server)
+    ids = [_queue(user, "a@remote.example"), _queue(user, "b@remote.example, busy@remote.example"),
+           _queue(user, "c@remote.example")]
+    blob_writes: list[str] = []
+
+    def note(connection, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith(("INSERT INTO BLOB", "UPDATE BLOB")):
+            blob_writes.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        assert send_message(ids[0]) == "sent"
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
+
+    rows = _rows(ids)
+    assert [r.state for r in rows] == ["sent", "retry-wait", "sent"]
+    assert [c.source_key for c in _sent_copies(user)] == [f"sent:{i}" for i in ids]
+    # One statement counted the retried message's copy; nothing else touched a count.
+    assert len(blob_writes) == 1 and blob_writes[0].upper().startswith("INSERT INTO BLOB")
+    assert [db.session.get(Blob, r.blob_sha256).refcount for r in rows] == [1, 2, 1]
+
+    # Its retry reaches the deferred recipient; the copy filed before is kept, and the
+    # outbox's reference goes.
+    db.session.get(OutgoingMessage, ids[1]).next_attempt_at = None
+    db.session.commit()
+    assert send_message(ids[1]) == "sent"
+    assert [db.session.get(Blob, r.blob_sha256).refcount for r in _rows(ids)] == [1, 1, 1]
+    assert len(_sent_copies(user)) == 3
+
+
+def test_a_copy_found_already_filed_leaves_the_outbox_reference_to_be_dropped(
+        app, user, smtp_server, use_relay):
+    """A Sent copy found stored before (say, by another worker's commit that this one did
+    not see) took no reference: the outbox's is dropped, as when no copy is kept."""
+    use_relay(smtp_server())
+    outgoing_id = _queue(user, "a@remote.example")
+    assert send_message(outgoing_id) == "sent"
+    row = _rows([outgoing_id])[0]
+    # As if the copy were still owed: the row forgot it, and the outbox kept its reference.
+    row.sent_message_pk, row.lease_until = None, utcnow() - timedelta(seconds=1)
+    db.session.get(Blob, row.blob_sha256).refcount += 1
+    db.session.commit()
+
+    assert recover_sent_copies(db.session) == [outgoing_id]
+
+    row = _rows([outgoing_id])[0]
+    assert row.sent_message_pk == _sent_copies(user)[0].id and row.lease_until is None
+    assert len(_sent_copies(user)) == 1
+    assert db.session.get(Blob, row.blob_sha256).refcount == 1
 
 
 class GoDownAtRcpt(ScriptedHandler):

@@ -74,6 +74,10 @@ class Incoming:
     # The bytes' SHA-256 when they are already in the store, durable, and referenced by a row
     # that outlives this delivery's commit (a Sent copy of an outbox blob): not written again.
     sha256: str | None = None
+    # With sha256: the caller hands its own reference to the bytes over (a sent message's
+    # outbox row, done with them). Stored, the message takes that reference instead of
+    # counting one more; not stored, the caller still holds it.
+    takes_reference: bool = False
 
 
 @dataclass
@@ -331,6 +335,8 @@ def _insert(session: Session, account: MailAccount, items: list[Incoming], todo:
     user_id = account.user_id
     uses: dict[str, tuple[int, int]] = {}
     for index in todo:
+        if items[index].takes_reference:
+            continue  # the caller's reference becomes this message's
         size, count = uses.get(digests[index], (len(items[index].raw), 0))
         uses[digests[index]] = (size, count + 1)
     blobs.add_references(session, uses, packed)

@@ -584,8 +584,9 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     """File the exact bytes sent in Sent, one deliver_many per account; the caller commits.
 
     Each message then gives up its lease (unless it is being sent again right now), and a
-    message that is sent for good drops the outbox's reference to its bytes (the copy in
-    Sent holds its own). A full mailbox must not turn a sent message into a failure: the
+    message that is sent for good hands the outbox's reference to its bytes over to its
+    copy in Sent (or drops it, when no copy was stored). A full mailbox must not turn a
+    sent message into a failure: the
     copy is then given up, and the Outbox says so. A database error (say, another worker
     filing the same copy at once) leaves the copy owed, for the sweep.
     """
@@ -593,6 +594,7 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
     by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
     filed: list[dict] = []
     given_up: list[dict] = []
+    handed_over: set[int] = set()  # the copy took the outbox's reference to the bytes
     for row, raw in owed:
         if isinstance(raw, Exception):
             given_up.append({"b_id": row.id, "b_note": str(raw)})
@@ -612,7 +614,9 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                     session, account,
                     # The bytes are the outbox blob's, durable and referenced since queueing.
                     [Incoming(raw, f"sent:{row.id}", "sent", True, sha256=row.blob_sha256,
-                              envelope=_kept_envelope(row))
+                              envelope=_kept_envelope(row),
+                              # Sent for good: the outbox needs its bytes no more.
+                              takes_reference=row.state == "sent")
                      for row, raw in entries],
                     run_filters=False)
         except SQLAlchemyError as error:
@@ -627,6 +631,8 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 given_up.append({"b_id": row.id, "b_note": outcome.reason})
             else:
                 filed.append({"b_id": row.id, "b_pk": outcome.message_pk})
+                if outcome.status == "stored" and row.state == "sent":
+                    handed_over.add(row.id)
     c = _OUTGOING.c
     # A message claimed again meanwhile keeps the lease of its new claim.
     lease = case((c.state == "sending", c.lease_until), else_=None)
@@ -649,7 +655,8 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 else_=c.last_error_message)), given_up)
     done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
     blobs.drop_references(session, [row.blob_sha256 for row, _raw in owed
-                                    if row.id in done and row.state == "sent"])
+                                    if row.id in done and row.state == "sent"
+                                    and row.id not in handed_over])
 
 
 def _bytes_or_error(store: blobs.LocalBlobStore, sha256: str) -> bytes | Exception:
