@@ -368,3 +368,30 @@ def test_submission_with_a_foreign_or_missing_from_header_is_refused(app, user, 
         outbox.queue_raw_submission(db.session, user.id, raw, user.email, ["x@remote.example"])
     db.session.rollback()
     assert db.session.scalars(select(OutgoingMessage)).all() == []
+
+
+def test_blob_collection_after_a_sent_copy_and_a_cancelled_message_are_gone(
+        app, user, smtp_server, use_relay):
+    """Bytes that no message uses any more are collected, although outbox rows of a sent and
+    a cancelled message still name them (the outbox gave its reference up)."""
+    from webapp.models import Blob
+    from webapp.services import mailbox
+
+    use_relay(smtp_server())
+    sent_id = _queue(user, subject="goes out")
+    assert send_message(sent_id) == "sent"
+    cancelled_id = _queue(user, subject="never mind")
+    assert outbox.cancel(db.session, user.id, cancelled_id)
+    db.session.commit()
+    (copy,) = _sent_folder_messages(user)
+    mailbox.trash_or_delete(db.session, user.id, [copy.id])
+    mailbox.trash_or_delete(db.session, user.id, [copy.id])  # from Trash: for good
+    db.session.commit()
+    digests = [_row(sent_id).blob_sha256, _row(cancelled_id).blob_sha256]
+    store = blobs.get_store(app.config["BLOB_DIR"])
+
+    assert blobs.collect_garbage(db.session, store) == 2
+
+    assert [db.session.get(Blob, digest) for digest in digests] == [None, None]
+    assert not any(store.exists(digest) for digest in digests)
+    assert _row(sent_id).state == "sent" and _row(cancelled_id).state == "cancelled"

@@ -94,7 +94,10 @@ class OutgoingMessage(db.Model):
     transport: Mapped[str] = mapped_column(String(8), default="relay", nullable=False)
     state: Mapped[str] = mapped_column(String(12), default="queued", nullable=False)
     message_id: Mapped[str] = mapped_column(String(998), nullable=False)
-    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blob.sha256"), nullable=False)
+    # Not a foreign key: the row gives its reference to the bytes up once the message is
+    # sent for good or cancelled (blobs.drop_references), and the bytes may then be
+    # collected while the row stays, as the record of what was sent.
+    blob_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     subject: Mapped[str] = mapped_column(Text, default="", nullable=False)
     from_email: Mapped[str] = mapped_column(String(320), default="", nullable=False)
