@@ -6,7 +6,8 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, select
+import pytest
+from sqlalchemy import event, select, text, update
 
 from tests.factories import make_user
 from tests.fixtures.smtpserver import ScriptedHandler
@@ -167,18 +168,24 @@ def test_a_sent_copy_takes_over_the_outbox_reference_to_its_bytes(app, user, smt
     assert len(_sent_copies(user)) == 3
 
 
-def test_a_copy_found_already_filed_leaves_the_outbox_reference_to_be_dropped(
-        app, user, smtp_server, use_relay):
-    """A Sent copy found stored before (say, by another worker's commit that this one did
-    not see) took no reference: the outbox's is dropped, as when no copy is kept."""
+def _owed_again(outgoing_id: int) -> None:
+    """The row as a second filer sees it when it read the row before the first committed:
+    the copy still owed, the lease run out (the counts stay as the first filer left them)."""
+    db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == outgoing_id)
+                       .values(sent_message_pk=None,
+                               lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+
+def test_a_copy_found_filed_already_counts_nothing_and_drops_nothing(app, user, smtp_server,
+                                                                    use_relay):
+    """Review finding: a second filer that found the copy stored dropped the outbox's
+    reference again, which the first had handed over to the copy: the copy's bytes were
+    left at count 0, for `blobs gc` to delete."""
     use_relay(smtp_server())
     outgoing_id = _queue(user, "a@remote.example")
     assert send_message(outgoing_id) == "sent"
-    row = _rows([outgoing_id])[0]
-    # As if the copy were still owed: the row forgot it, and the outbox kept its reference.
-    row.sent_message_pk, row.lease_until = None, utcnow() - timedelta(seconds=1)
-    db.session.get(Blob, row.blob_sha256).refcount += 1
-    db.session.commit()
+    _owed_again(outgoing_id)
 
     assert recover_sent_copies(db.session) == [outgoing_id]
 
@@ -186,6 +193,35 @@ def test_a_copy_found_already_filed_leaves_the_outbox_reference_to_be_dropped(
     assert row.sent_message_pk == _sent_copies(user)[0].id and row.lease_until is None
     assert len(_sent_copies(user)) == 1
     assert db.session.get(Blob, row.blob_sha256).refcount == 1
+
+
+def test_two_sweeps_at_once_file_a_copy_once(app, user, smtp_server, use_relay):
+    """PostgreSQL: a sweep skips the owed rows another sweep holds until it commits, and
+    then finds them filed."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    use_relay(smtp_server())
+    outgoing_id = _queue(user, "a@remote.example")
+    assert send_message(outgoing_id) == "sent"
+    _owed_again(outgoing_id)
+    with db.engine.connect() as first:  # the other sweep, holding the row
+        first.execute(select(OutgoingMessage.id).where(OutgoingMessage.id == outgoing_id)
+                      .with_for_update())
+        # Were the row not skipped, this sweep would wait for it: fail instead of hanging.
+        db.session.execute(text("SET lock_timeout = '5s'"))
+        try:
+            assert recover_sent_copies(db.session) == []
+        finally:
+            db.session.rollback()
+            db.session.execute(text("RESET lock_timeout"))
+            db.session.commit()
+        first.execute(update(OutgoingMessage).where(OutgoingMessage.id == outgoing_id)
+                      .values(sent_message_pk=_sent_copies(user)[0].id, lease_until=None))
+        db.session.rollback()
+        first.commit()
+
+    assert recover_sent_copies(db.session) == []
+    assert db.session.get(Blob, _rows([outgoing_id])[0].blob_sha256).refcount == 1
 
 
 class GoDownAtRcpt(ScriptedHandler):

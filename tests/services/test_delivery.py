@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from webapp.extensions import db
 from webapp.models import Blob, MailAccount, Message, MessageAddress, MessageText, User
 from webapp.services import blobs, search
-from webapp.services.delivery import MessageTooLargeError, deliver, folder_for_role
+from webapp.services.delivery import (Incoming, MessageTooLargeError, deliver, deliver_many,
+                                      folder_for_role)
 from webapp.services.quota import QuotaExceededError
 from worker.jobs.index import index_pending
 
@@ -86,6 +87,15 @@ def test_identical_bytes_share_one_blob(app, user):
     db.session.commit()
     assert count(Message) == 2
     assert db.session.scalar(select(Blob.refcount)) == 2
+
+
+def test_taking_over_a_reference_needs_bytes_already_stored(app, user):
+    """A message that took over a reference to bytes it wrote itself would count them
+    never: refused before anything is written."""
+    with pytest.raises(ValueError, match="already stored"):
+        deliver_many(db.session, hosted(user),
+                     [Incoming(make_raw(), "a", takes_reference=True)])
+    assert count(Message) == 0 and count(Blob) == 0
 
 
 def test_over_quota_refuses_and_stores_nothing(app, user):

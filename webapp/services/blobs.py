@@ -384,7 +384,8 @@ def add_references(session: Session, uses: dict[str, tuple[int, int]],
                                 for digest, (size, count) in sorted(uses.items())])
 
 
-# Built once: sending drops one reference per message, and building costs more than running.
+# Built once: building costs more than running, and it runs often (a deleted message, a
+# sent message whose Sent copy was not kept).
 _DROP_REFERENCE = (update(Blob.__table__)
                    .where(Blob.__table__.c.sha256 == bindparam("b_sha256"),
                           Blob.__table__.c.refcount > 0)

@@ -5,9 +5,10 @@ for one message. For each message: the raw bytes go to the blob store, the heade
 is parsed for what listing, filters and linking need (a full parse costs several times
 more and is done by the index job), and the user's filters decide the folder. Then, for
 the whole batch at once: one query for source keys already stored, one quota charge, one
-blob-count upsert, one insert of the messages and one of their addresses, while the
-batch's bytes are written to one pack file and flushed in the background (a single
-message is a file of its own, fsynced). The caller commits: a crash before the commit
+blob-count upsert (none for Sent copies that take over their outbox rows' counts), one
+insert of the messages and one of their addresses, while the batch's bytes are written
+to one pack file and flushed in the background (a single message is a file of its own,
+fsynced). The caller commits: a crash before the commit
 leaves nothing half-done (at most an unreferenced pack or file, which garbage collection
 removes), and a retry stores each message once (the source key is unique per account).
 """
@@ -217,6 +218,8 @@ def deliver_many(session: Session, account: MailAccount, items: list[Incoming], 
     No row is written for a message that is a duplicate, too large, over quota or failed.
     A database error raises, and the caller's rollback takes the whole batch back.
     """
+    if any(item.takes_reference and item.sha256 is None for item in items):
+        raise ValueError("takes_reference is for bytes already stored (give their sha256)")
     config = current_app.config
     limit = max_bytes or config["MAIL_MAX_MESSAGE_BYTES"]
     store = store or blobs.get_store(config["BLOB_DIR"])

@@ -585,16 +585,16 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
 
     Each message then gives up its lease (unless it is being sent again right now), and a
     message that is sent for good hands the outbox's reference to its bytes over to its
-    copy in Sent (or drops it, when no copy was stored). A full mailbox must not turn a
-    sent message into a failure: the
-    copy is then given up, and the Outbox says so. A database error (say, another worker
-    filing the same copy at once) leaves the copy owed, for the sweep.
+    copy in Sent, or drops it when no copy can be kept. A copy found filed already was
+    filed by a worker that settled that reference in the same commit: nothing more is
+    counted. A full mailbox must not turn a sent message into a failure: the copy is then
+    given up, and the Outbox says so. A database error (say, another worker filing the
+    same copy at once) leaves the copy owed, for the sweep.
     """
     accounts = {} if accounts is None else accounts
     by_account: dict[int, tuple[MailAccount, list[tuple[_Claimed, bytes]]]] = {}
     filed: list[dict] = []
     given_up: list[dict] = []
-    handed_over: set[int] = set()  # the copy took the outbox's reference to the bytes
     for row, raw in owed:
         if isinstance(raw, Exception):
             given_up.append({"b_id": row.id, "b_note": str(raw)})
@@ -631,8 +631,6 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
                 given_up.append({"b_id": row.id, "b_note": outcome.reason})
             else:
                 filed.append({"b_id": row.id, "b_pk": outcome.message_pk})
-                if outcome.status == "stored" and row.state == "sent":
-                    handed_over.add(row.id)
     c = _OUTGOING.c
     # A message claimed again meanwhile keeps the lease of its new claim.
     lease = case((c.state == "sending", c.lease_until), else_=None)
@@ -653,10 +651,10 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
             .values(lease_until=lease, last_error_message=case(
                 ((c.state == "sent") & (c.last_error_kind == ""), bindparam("b_note")),
                 else_=c.last_error_message)), given_up)
-    done = {entry["b_id"] for entry in filed} | {entry["b_id"] for entry in given_up}
+    # Sent for good and no copy kept: nothing needs the bytes any more.
+    gone = {entry["b_id"] for entry in given_up}
     blobs.drop_references(session, [row.blob_sha256 for row, _raw in owed
-                                    if row.id in done and row.state == "sent"
-                                    and row.id not in handed_over])
+                                    if row.id in gone and row.state == "sent"])
 
 
 def _bytes_or_error(store: blobs.LocalBlobStore, sha256: str) -> bytes | Exception:
@@ -672,9 +670,14 @@ def recover_sent_copies(session: Session, now: datetime | None = None) -> list[i
     """File the Sent copies owed by workers that died (lease run out); return their ids."""
     now = now or utcnow()
     c = _OUTGOING.c
-    ids = list(session.connection().scalars(
-        select(c.id).where(c.state != "sending", c.lease_until < now)
-        .order_by(c.id).limit(SWEEP_COPIES)))
+    owed_ids = (select(c.id).where(c.state != "sending", c.lease_until < now)
+                .order_by(c.id).limit(SWEEP_COPIES))
+    if session.connection().dialect.name == "postgresql":
+        # Two sweeps at once (a slow one and the next) must not both file a copy and both
+        # settle its reference: the second skips the rows the first holds until it commits,
+        # and then finds them filed. (SQLite has one writer at a time.)
+        owed_ids = owed_ids.with_for_update(skip_locked=True)
+    ids = list(session.connection().scalars(owed_ids))
     if not ids:
         return []
     store = blobs.get_store(current_app.config["BLOB_DIR"])
