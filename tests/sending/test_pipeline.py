@@ -481,34 +481,3 @@ def test_a_second_session_that_fails_oddly_still_answers_for_its_message(app, sm
     pipeline.close()
     assert [m.rcpt_tos for m in server.messages] == [["to0@remote.example"]]
     assert (*transport.key, 1) not in _connections
-
-
-def test_postgresql_files_sent_copies_beside_the_next_group(app, user, smtp_server, use_relay):
-    """PostgreSQL: a group's Sent copies go in on a thread and connection of their own, so
-    that the job's thread goes on sending meanwhile; all are in when the job returns."""
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time: the job's thread files them")
-    server = smtp_server()
-    use_relay(server)
-    ids = _queue_many(user, 4)
-    seen: dict[str, set[tuple[str, int]]] = {"copies": set(), "outcomes": set()}
-
-    def note(connection, cursor, statement, parameters, context, executemany) -> None:
-        kind = ("copies" if statement.startswith("INSERT INTO message ") else
-                "outcomes" if "UPDATE outgoing_message SET state=" in statement else None)
-        if kind:
-            seen[kind].add((threading.current_thread().name,
-                            id(connection.connection.dbapi_connection)))
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        assert send_message(ids[0]) == "sent"  # its own message, then a group of three
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
-
-    assert {name for name, _ in seen["copies"]} == {"sent-copies_0"}
-    assert {name for name, _ in seen["outcomes"]} == {threading.current_thread().name}
-    assert not {c for _, c in seen["copies"]} & {c for _, c in seen["outcomes"]}
-    rows = _rows(ids)
-    assert all(r.state == "sent" and r.sent_message_pk and r.lease_until is None for r in rows)
-    assert len(server.messages) == 4

@@ -37,8 +37,7 @@ The claim is committed before the SMTP session starts, so a crash before DATA re
 exactly once; a crash inside the RFC 1047 window itself (one round trip) may duplicate,
 with the same Message-ID.
 
-Sent copies are filed after each group, one `deliver_many` per account (on PostgreSQL on a
-thread and connection of their own, while the next group is sent). Until then a sent
+Sent copies are filed after each group, one `deliver_many` per account. Until then a sent
 message keeps its lease: a message that is no longer "sending" but still has a lease is
 owed its Sent copy, is not claimed again (a retry of its deferred recipients waits), and
 once the lease runs out (the worker died) `sweep()` files it.
@@ -57,7 +56,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -890,81 +888,6 @@ class _SmtpPipeline:
                 raise EndOfDataWithheld()
 
 
-def _file_owed(session: Session, store: blobs.LocalBlobStore,
-               owed: list[tuple[_Claimed, bytes | None]],
-               accounts: dict[tuple[int, str], MailAccount]) -> None:
-    """File the Sent copies of a group and commit (bytes not held are read again); on
-    failure their leases stay, and the sweep files them later."""
-    with_bytes = [(row, _bytes_or_error(store, row.blob_sha256) if raw is None else raw)
-                  for row, raw in owed]
-    try:
-        _file_sent_copies(session, with_bytes, accounts)
-        session.commit()
-    except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
-        log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
-        session.rollback()
-
-
-class _CopyFiler:
-    """PostgreSQL: a group's Sent copies are filed on a thread and connection of their own
-    while the job's thread sends the next group (SQLite has one writer at a time: there
-    the job's thread files them between groups, while the server waits).
-
-    One group at a time, in order. They touch none of the rows the job's thread writes
-    meanwhile: the messages are settled (no claim takes a message still owed its copy),
-    and the next group's are others. A copy not filed keeps its lease, for the sweep.
-    """
-
-    def __init__(self) -> None:
-        self._app = current_app._get_current_object()
-        self._engine = db.engine
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sent-copies")
-        self._pending: Future | None = None
-        self._used = False  # the thread starts with the first group handed over
-        # Made and used on the filer's thread only.
-        self._connection: Connection | None = None
-        self._session: Session | None = None
-        self._accounts: dict[tuple[int, str], MailAccount] = {}
-
-    def file(self, owed: list[tuple[_Claimed, bytes | None]]) -> None:
-        """File these copies in the background, once the previous group's are filed."""
-        self.wait()
-        self._used = True
-        self._pending = self._thread.submit(self._file, owed)
-
-    def wait(self) -> None:
-        """Until the copies handed over are filed (or given up to the sweep)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def close(self, wait: bool = True) -> None:
-        """Wait for the last group (unless leaving on an error), then let the thread go."""
-        if not self._used:
-            return
-        if wait:
-            self.wait()
-        self._thread.submit(self._close)
-        self._thread.shutdown(wait=wait)
-
-    def _file(self, owed: list[tuple[_Claimed, bytes | None]]) -> None:
-        with self._app.app_context():
-            try:
-                if self._session is None:
-                    self._connection = self._engine.connect()
-                    self._session = Session(bind=self._connection)
-                store = blobs.get_store(self._app.config["BLOB_DIR"], session=self._session)
-                _file_owed(self._session, store, owed, self._accounts)
-            except Exception:  # noqa: BLE001 - no connection: the sweep files them later
-                log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
-
-    def _close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._connection.close()
-            self._session = self._connection = None
-
-
 class _Batch:
     """One job's run over one transport: its own message, then more due ones, group by group."""
 
@@ -979,22 +902,9 @@ class _Batch:
         self.retries: list[tuple[int, datetime]] = []
         self.released: list[int] = []
         self.accounts: dict[tuple[int, str], MailAccount] = {}
-        self.filer = _CopyFiler() if self.connection.dialect.name == "postgresql" else None
 
     def run(self, first_id: int) -> str:
         """Send the claimed first message, then further groups; the first one's state."""
-        try:
-            state = self._run(first_id)
-        except BaseException:
-            if self.filer is not None:
-                self.filer.close(wait=False)  # leaving (the job's timeout): no waiting
-            raise
-        if self.filer is not None:
-            self.filer.close()  # every copy filed (or left to the sweep) before the job ends
-        return state
-
-    def _run(self, first_id: int) -> str:
-        """`run` without closing the filer."""
         transport, relay, problem = _transport_for(self.session, self.lane)
         go_on = self._group([first_id], transport, relay, problem, first=True)
         while go_on and time.monotonic() - self.started < BATCH_SECONDS:
@@ -1079,13 +989,18 @@ class _Batch:
         return ready
 
     def _file_copies(self, owed: list[tuple[_Claimed, bytes | None]]) -> None:
-        """File the Sent copies of a group: in the background on PostgreSQL, else now."""
+        """File the Sent copies of a group and commit (bytes not held are read again); on
+        failure their leases stay, and the sweep files them later."""
         if not owed:
             return
-        if self.filer is not None:
-            self.filer.file(owed)
-        else:
-            _file_owed(self.session, self.store, owed, self.accounts)
+        with_bytes = [(row, _bytes_or_error(self.store, row.blob_sha256) if raw is None else raw)
+                      for row, raw in owed]
+        try:
+            _file_sent_copies(self.session, with_bytes, self.accounts)
+            self.session.commit()
+        except Exception:  # noqa: BLE001 - the leases stay: the sweep files them later
+            log.exception("Sent copies of %s not filed", [r.id for r, _ in owed])
+            self.session.rollback()
 
     def _send_all(self, ready: list[_Claimed], transport: _Transport, first: bool
                   ) -> tuple[bool, list[tuple[_Claimed, bytes | None]]]:
