@@ -8,7 +8,6 @@ An outgoing message gives up its reference to its bytes once it is sent for good
 copy holds them) or cancelled. With a foreign key to blob, collecting those bytes later
 (`blobs gc`, after the Sent copy was deleted) failed on the row that still named them.
 """
-import sqlalchemy as sa
 from alembic import op
 
 

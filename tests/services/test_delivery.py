@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from webapp.extensions import db
-from webapp.models import Blob, MailAccount, Message, MessageAddress, MessageText, User
+from webapp.models import Blob, MailAccount, Message, MessageAddress, MessageText
 from webapp.services import blobs, search
 from webapp.services.delivery import (Incoming, MessageTooLargeError, deliver, deliver_many,
                                       folder_for_role)
