@@ -1,10 +1,12 @@
 """Fixtures of the sending tests: an organization relay pointing at a real aiosmtpd."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from webapp.extensions import db
 from webapp.models._types import utcnow
@@ -54,3 +56,19 @@ def make_due(outgoing_id: int) -> None:
     db.session.execute(update(OutgoingMessage).where(OutgoingMessage.id == outgoing_id)
                        .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
     db.session.commit()
+
+
+@contextmanager
+def statements(wanted: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The SQL statements the app's engine runs inside the block that `wanted` picks."""
+    seen: list[str] = []
+
+    def note(connection, cursor, statement, parameters, context, executemany) -> None:
+        if wanted(statement):
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)

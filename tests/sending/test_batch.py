@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 
 from tests.factories import make_user
 from tests.fixtures.smtpserver import ScriptedHandler
+from tests.sending.conftest import statements
 from webapp.extensions import db
 from webapp.models import Blob, Folder, Message
 from webapp.models._types import utcnow
@@ -140,23 +141,15 @@ def test_a_sent_copy_takes_over_the_outbox_reference_to_its_bytes(app, user, smt
     use_relay(server)
     ids = [_queue(user, "a@remote.example"), _queue(user, "b@remote.example, busy@remote.example"),
            _queue(user, "c@remote.example")]
-    blob_writes: list[str] = []
-
-    def note(connection, cursor, statement, parameters, context, executemany) -> None:
-        if statement.lstrip().upper().startswith(("INSERT INTO BLOB", "UPDATE BLOB")):
-            blob_writes.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
+    with statements(lambda s: s.lstrip().upper().startswith(("INSERT INTO BLOB ",
+                                                            "UPDATE BLOB "))) as blob_writes:
         assert send_message(ids[0]) == "sent"
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
 
     rows = _rows(ids)
     assert [r.state for r in rows] == ["sent", "retry-wait", "sent"]
     assert [c.source_key for c in _sent_copies(user)] == [f"sent:{i}" for i in ids]
     # One statement counted the retried message's copy; nothing else touched a count.
-    assert len(blob_writes) == 1 and blob_writes[0].upper().startswith("INSERT INTO BLOB")
+    assert len(blob_writes) == 1 and blob_writes[0].upper().startswith("INSERT INTO BLOB ")
     assert [db.session.get(Blob, r.blob_sha256).refcount for r in rows] == [1, 2, 1]
 
     # Its retry reaches the deferred recipient; the copy filed before is kept, and the

@@ -18,6 +18,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tests.fixtures.smtpserver import ScriptedHandler
+from tests.sending.conftest import statements
 from webapp.extensions import db
 from webapp.models.sending import OutgoingMessage
 from webapp.services import blobs, outbox
@@ -307,18 +308,9 @@ def test_on_postgresql_an_outcome_is_one_statement_for_the_message_and_its_recip
     server = smtp_server()
     use_relay(server)
     ids = _queue_many(user, 3)
-    outcomes: list[str] = []
-
-    def note(connection, cursor, statement, parameters, context, executemany) -> None:
-        if "UPDATE outgoing_recipient" in statement or (
-                "UPDATE outgoing_message SET state=" in statement and "attempts" not in statement):
-            outcomes.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
+    with statements(lambda s: "UPDATE outgoing_recipient" in s or (
+            "UPDATE outgoing_message SET state=" in s and "attempts" not in s)) as outcomes:
         assert send_message(ids[0]) == "sent"
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
     assert len(outcomes) == 3  # one per message
     assert all(s.startswith("WITH") and "UPDATE outgoing_recipient" in s for s in outcomes)
     for row in _rows(ids):
