@@ -219,6 +219,45 @@ def test_connection_refused_waits_and_gives_up_after_the_bounded_attempts(app, u
     assert row.last_error_kind == "connect" and row.last_error_message.startswith("Gave up")
 
 
+def test_cancel_waits_for_the_sent_copy_of_a_message_that_reached_some_recipients(
+        app, user, smtp_server, use_relay):
+    """Review finding: cancelling a message still owed its Sent copy (it went to some
+    recipients, the others to be retried) dropped the outbox's reference the copy needed,
+    and `blobs gc` could take the bytes before the copy was filed."""
+    from datetime import timedelta
+
+    from webapp.models import Blob
+    from webapp.models._types import utcnow
+    from worker.jobs.send import recover_sent_copies
+
+    use_relay(smtp_server(rcpt_replies={"busy@": ["450 4.2.1 Mailbox busy"]}))
+    outgoing_id = _queue(user, to="a@remote.example, busy@remote.example")
+    assert send_message(outgoing_id) == "retry-wait"
+    row = _row(outgoing_id)
+    # As a worker that died before filing the copy leaves it: owed, under a lease.
+    row.sent_message_pk, row.lease_until = None, utcnow() + timedelta(minutes=5)
+    copy = _sent_folder_messages(user)[0]
+    db.session.delete(copy)
+    db.session.get(Blob, row.blob_sha256).refcount -= 1  # the copy's own reference
+    db.session.commit()
+    digest = row.blob_sha256
+
+    assert not outbox.cancel(db.session, user.id, outgoing_id)
+    db.session.rollback()
+    assert db.session.get(Blob, digest).refcount == 1  # the outbox's, for the copy
+    assert blobs.collect_garbage(db.session, blobs.get_store(app.config["BLOB_DIR"])) == 0
+
+    _row(outgoing_id).lease_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert recover_sent_copies(db.session) == [outgoing_id]  # filed: now it can go
+    assert outbox.cancel(db.session, user.id, outgoing_id)
+    db.session.commit()
+    db.session.expire_all()
+    assert _row(outgoing_id).state == "cancelled"
+    assert db.session.get(Blob, digest).refcount == 1  # the copy's
+    assert blobs.get_store(app.config["BLOB_DIR"]).get(digest)
+
+
 def test_cancelled_or_disabled_user_sends_nothing(app, user, smtp_server, use_relay):
     server = smtp_server()
     use_relay(server)

@@ -61,5 +61,7 @@ def outbox_cancel(outgoing_id: int):
         flash("Cancelled: the message will not be sent.", "success")
     else:
         db.session.rollback()
-        flash("Too late to cancel: the message is being sent or was already sent.", "error")
+        flash("Not cancelled: the message is being sent or was sent already (if it is "
+              "waiting for a retry, its copy in Sent is being filed: try again in a minute).",
+              "error")
     return redirect(url_for("mail.outbox_index"))

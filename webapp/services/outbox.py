@@ -569,11 +569,15 @@ def cancel(session: Session, user_id: int, outgoing_id: int) -> bool:
     """Cancel a queued or waiting message; False if it is not (or no longer) cancellable.
 
     One conditional UPDATE: a worker that claimed it a moment ago wins, and the message goes.
+    A message that reached some recipients a moment ago and whose copy in Sent is not filed
+    yet (it still has a lease) waits until it is: cancelling drops the outbox's reference
+    to the bytes, which that copy still needs.
     """
     done = session.execute(
         update(OutgoingMessage)
         .where(OutgoingMessage.id == outgoing_id, OutgoingMessage.user_id == user_id,
-               OutgoingMessage.state.in_(("queued", "retry-wait")))
+               OutgoingMessage.state.in_(("queued", "retry-wait")),
+               OutgoingMessage.lease_until.is_(None))
         .values(state="cancelled", next_attempt_at=None)
         .execution_options(synchronize_session=False)).rowcount
     if done:
