@@ -24,16 +24,26 @@ def _rebuild_on_sqlite(change) -> None:
     """SQLite changes a constraint by copying the table and dropping the old one. With
     foreign keys on, that drop would delete every outgoing_recipient row (ON DELETE
     CASCADE): they are off while it runs (a pragma that only works outside a
-    transaction), and checked afterwards."""
+    transaction), and checked before it commits.
+
+    Should the rebuild fail, the connection is thrown away: its open transaction is rolled
+    back, not committed by the pragma's autocommit block, and the pool hands out no
+    connection with foreign keys off."""
     context = op.get_context()
+    bind = op.get_bind()
     with context.autocommit_block():
         op.execute('PRAGMA foreign_keys=OFF')
     try:
         with op.batch_alter_table('outgoing_message', schema=None, recreate='always') as batch_op:
             change(batch_op)
-    finally:
-        with context.autocommit_block():
-            op.execute('PRAGMA foreign_keys=ON')
+        broken = bind.exec_driver_sql('PRAGMA foreign_key_check').fetchall()
+        if broken:
+            raise RuntimeError(f'rows that point at nothing after the rebuild: {broken[:5]}')
+    except BaseException:
+        bind.invalidate()
+        raise
+    with context.autocommit_block():
+        op.execute('PRAGMA foreign_keys=ON')
 
 
 def upgrade():
