@@ -8,9 +8,9 @@ the whole batch at once: one query for source keys already stored, one quota cha
 blob-count upsert (none for Sent copies that take over their outbox rows' counts), one
 insert of the messages and one of their addresses, while the batch's bytes are written
 to one pack file and flushed in the background (a single message is a file of its own,
-fsynced). The caller commits: a crash before the commit
-leaves nothing half-done (at most an unreferenced pack or file, which garbage collection
-removes), and a retry stores each message once (the source key is unique per account).
+fsynced). The caller commits: a crash before the commit leaves nothing half-done (at
+most an unreferenced pack or file, which garbage collection removes), and a retry stores
+each message once (the source key is unique per account).
 """
 from __future__ import annotations
 

@@ -585,9 +585,9 @@ def _file_sent_copies(session: Session, owed: list[tuple[_Claimed, bytes | Excep
 
     Each message then gives up its lease (unless it is being sent again right now), and a
     message that is sent for good hands the outbox's reference to its bytes over to its
-    copy in Sent, or drops it when no copy can be kept. A copy found filed already was
-    filed by a worker that settled that reference in the same commit: nothing more is
-    counted. A full mailbox must not turn a sent message into a failure: the copy is then
+    copy in Sent, or drops it when no copy can be kept. A copy found filed already (another
+    worker filed it meanwhile) counts nothing and drops nothing: that worker settled the
+    reference, by the state it saw. A full mailbox must not turn a sent message into a failure: the copy is then
     given up, and the Outbox says so. A database error (say, another worker filing the
     same copy at once) leaves the copy owed, for the sweep.
     """
